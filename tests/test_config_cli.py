@@ -1,0 +1,48 @@
+import json
+
+import pytest
+import torch
+
+from ua3dtalk import cli
+from ua3dtalk.config import PRESETS, ModelConfig, preset
+from ua3dtalk.encoding import TriPlaneField
+
+
+def test_presets_round_trip(tmp_path):
+    for name, cfg in PRESETS.items():
+        cfg.save(tmp_path / f"{name}.json")
+        assert ModelConfig.load(tmp_path / f"{name}.json") == cfg
+
+
+def test_paper_preset_sizes():
+    cfg = preset("paper")
+    assert (cfg.hexplane_resolution, cfg.hexplane_multires) == (64, (1, 2, 4, 8))
+    assert (cfg.emotion_hexplane_dim, cfg.emotion_multires) == (64, (1, 2, 4))
+    assert (cfg.latent_dim, cfg.ensemble) == (48, 10)
+    assert cfg.face_views == ("audio", "content", "style", "emotion")
+    assert cfg.mouth_views == ("audio", "content", "style")
+
+
+def test_unknown_preset_and_keys_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("huge")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({**preset("demo").to_dict(), "warp_drive": 1}))
+    with pytest.raises(ValueError, match="warp_drive"):
+        ModelConfig.load(path)
+
+
+def test_cli_help_lists_commands(capsys):
+    assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    for command in ("synth", "preprocess", "train", "render", "eval", "push", "serve"):
+        assert command in out
+
+
+def test_triplane_shapes_and_gradients():
+    field = TriPlaneField(dim=4, base_resolution=8, multires=(1, 2))
+    xyz = torch.rand(100, 3) * 2 - 1
+    feats = field(xyz)
+    assert feats.shape == (100, 2, 4)
+    feats.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in field.planes)

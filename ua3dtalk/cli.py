@@ -1,0 +1,155 @@
+"""The ``ua3dtalk`` command. Each subcommand parses its arguments here and
+hands them to the package function that does the work (imported lazily, so
+``ua3dtalk --help`` stays fast)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from ua3dtalk import __version__
+
+Handler = Callable[[argparse.Namespace], None]
+
+
+def _synth(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("synth", help="synthesize a talking-face subject from a portrait (video + ground truth)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--portrait", default=None, help="frontal portrait image (default: scikit-image's astronaut)")
+    p.add_argument("--minutes", type=float, default=1.0, help="total length of speech to synthesize")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=512, help="frame size in pixels (square)")
+    p.add_argument("--preview", action="store_true", help="also save a contact sheet PNG (emotions x mouth shapes)")
+
+    def run(a: argparse.Namespace) -> None:
+        from ua3dtalk.data.synth import synthesize
+        synthesize(a.out, portrait=a.portrait, minutes=a.minutes, seed=a.seed, size=a.size, preview=a.preview)
+    return run
+
+
+def _preprocess(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("preprocess", help="turn a talking-face video into a subject dataset")
+    p.add_argument("video", nargs="+", help="one or more videos of the same person")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--emotion", default=None, help="emotion label (default: from MEAD-style file names, else neutral)")
+    p.add_argument("--intensity", type=int, default=None, choices=(1, 2, 3))
+    p.add_argument("--size", type=int, default=512, help="crop size in pixels")
+
+    def run(a: argparse.Namespace) -> None:
+        from ua3dtalk.data.preprocess import preprocess_videos
+        preprocess_videos(a.video, a.out, emotion=a.emotion, intensity=a.intensity, size=a.size)
+    return run
+
+
+def _train(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("train", help="train a subject checkpoint from a subject dataset")
+    p.add_argument("data", help="subject dataset folder (from synth or preprocess)")
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--preset", default="demo", choices=("demo", "paper"))
+    p.add_argument("--iterations", type=int, default=None, help="total iterations (default: the preset's)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint folder's training state")
+    p.add_argument("--fusion", default="uncertainty", choices=("uncertainty", "uniform"))
+    p.add_argument("--no-codebooks", action="store_true", help="ablation: no emotion code-books")
+    p.add_argument("--size", type=int, default=None, help="train at this image size (default: the dataset's)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+    def run(a: argparse.Namespace) -> None:
+        from ua3dtalk.train import TrainOptions, train
+        train(a.data, a.out, TrainOptions(
+            preset=a.preset, iterations=a.iterations, resume=a.resume, fusion=a.fusion,
+            codebooks=not a.no_codebooks, size=a.size, device=a.device))
+    return run
+
+
+def _render(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("render", help="speech + emotion -> talking-face video (+ uncertainty heatmaps)")
+    p.add_argument("--subject", default="demo", help="bundled name, local folder, or Hub repo id[/subfolder]")
+    p.add_argument("--audio", required=True, help="speech file (wav, mp3, m4a, ogg, flac, ...)")
+    p.add_argument("--emotion", default="neutral", help="one of the eight emotions, or 'auto' (from the audio)")
+    p.add_argument("--intensity", type=float, default=1.0, help="emotion intensity in [0, 1]")
+    p.add_argument("--out", required=True, help="output .mp4")
+    p.add_argument("--heatmaps", default=None, help="folder for the uncertainty heatmap video and key-frame grid")
+    p.add_argument("--fusion", default="uncertainty", choices=("uncertainty", "uniform"))
+    p.add_argument("--size", type=int, default=None, help="output size (default: the subject's)")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"))
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+
+    def run(a: argparse.Namespace) -> None:
+        from ua3dtalk.pipeline import render_to_files
+        render_to_files(a.subject, a.audio, a.out, emotion=a.emotion, intensity=a.intensity,
+                        fusion=a.fusion, heatmaps=a.heatmaps, size=a.size, device=a.device,
+                        revision=a.revision)
+    return run
+
+
+def _eval(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("eval", help="render held-out clips and measure image, lip-sync and emotion metrics")
+    p.add_argument("--subject", default="demo")
+    p.add_argument("--data", required=True, help="subject dataset folder with held-out clips")
+    p.add_argument("--out", required=True, help="metrics .json")
+    p.add_argument("--fusion", default="uncertainty", choices=("uncertainty", "uniform"))
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"))
+    p.add_argument("--size", type=int, default=None)
+
+    def run(a: argparse.Namespace) -> None:
+        from ua3dtalk.evaluate import evaluate_subject
+        evaluate_subject(a.subject, a.data, a.out, fusion=a.fusion, device=a.device, size=a.size)
+    return run
+
+
+def _push(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub with a model card")
+    p.add_argument("ckpt", help="checkpoint folder (config.json + model.safetensors)")
+    p.add_argument("--repo", required=True, help="USER/NAME")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--subfolder", default=None, help="path inside the repo, for repos holding several subjects")
+
+    def run(a: argparse.Namespace) -> None:
+        from ua3dtalk.hub import push_checkpoint
+        url = push_checkpoint(a.ckpt, a.repo, private=a.private, subfolder=a.subfolder)
+        print(url)
+    return run
+
+
+def _serve(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("serve", help="start the Gradio app")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+
+    def run(a: argparse.Namespace) -> None:
+        from ua3dtalk.webapp import launch
+        launch(host=a.host, port=a.port)
+    return run
+
+
+COMMANDS = (_synth, _preprocess, _train, _render, _eval, _push, _serve)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
+    parser = argparse.ArgumentParser(prog="ua3dtalk", description="Speech + emotion -> emotional talking-face video rendered from 3D Gaussians, with uncertainty maps.")
+    parser.add_argument("--version", action="version", version=f"ua3dtalk {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    handlers = {}
+    for make in COMMANDS:
+        handler = make(sub)
+        handlers[list(sub.choices)[-1]] = handler
+    return parser, handlers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        handlers[args.command](args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # user-facing failures carry a message meant to be read; no traceback
+        print(f"ua3dtalk {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
