@@ -51,6 +51,8 @@ class ModelConfig:
     hidden_dim: int = 64
     face_views: tuple[str, ...] = FACE_VIEWS
     mouth_views: tuple[str, ...] = MOUTH_VIEWS
+    fusion: str = "uncertainty"     # fusion the subject was trained with: uncertainty | uniform
+    codebooks: bool = True          # emotion code-books on (off only for the ablation)
     # Gaussians and images
     sh_degree: int = 2
     image_size: int = 512
