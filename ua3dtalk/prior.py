@@ -53,7 +53,8 @@ def frame_windows(features: Tensor, frames: Tensor, size: int) -> Tensor:
     return features[window_indices(frames, size, features.shape[0])]
 
 
-def _check_features(features: Tensor, dim: int) -> None:
+def check_features(features: Tensor, dim: int) -> None:
+    """Raise a clear error unless ``features`` is a clip of ``[T, dim]`` audio features."""
     if features.dim() != 2 or features.shape[1] != dim:
         raise ValueError(f"audio features must be [T, {dim}] (cfg.audio_dim), got {tuple(features.shape)}")
 
@@ -104,7 +105,7 @@ class AudioWindowNet(nn.Module):
 
     def codes(self, features: Tensor, frames: Tensor) -> Tensor:
         """Per-frame codes of the attention neighbourhood: ``[B, audio_attention_window, audio_feat_dim]``."""
-        _check_features(features, self.cfg.audio_dim)
+        check_features(features, self.cfg.audio_dim)
         neighbours = window_indices(frames, self.cfg.audio_attention_window, features.shape[0])
         windows = frame_windows(features, neighbours.reshape(-1), self.cfg.audio_window)
         return self.encoder(windows).view(*neighbours.shape, -1)
@@ -145,7 +146,7 @@ class LipSyncExpert(nn.Module):
 
     def audio_embedding(self, features: Tensor, frames: Tensor) -> Tensor:
         """``[T, audio_dim]``, ``[B]`` -> L2-normalised ``[B, content_dim]``."""
-        _check_features(features, self.cfg.audio_dim)
+        check_features(features, self.cfg.audio_dim)
         windows = frame_windows(features, frames, self.cfg.content_window)
         return F.normalize(self.audio(windows), dim=-1)
 
@@ -185,7 +186,7 @@ class StyleEncoder(nn.Module):
         )
 
     def forward(self, features: Tensor, frames: Tensor, subject: Tensor | int = 0) -> Tensor:
-        _check_features(features, self.cfg.audio_dim)
+        check_features(features, self.cfg.audio_dim)
         subject = torch.as_tensor(subject, dtype=torch.long, device=frames.device).expand(frames.shape[0])
         if int(subject.min()) < 0 or int(subject.max()) >= self.cfg.n_subjects:
             raise ValueError(f"subject index must lie in [0, {self.cfg.n_subjects}) (cfg.n_subjects)")
