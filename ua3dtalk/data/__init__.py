@@ -1,0 +1,1 @@
+"""Data: the synthesized demo subject, real-video preprocessing and the training dataset."""

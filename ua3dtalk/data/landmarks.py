@@ -1,0 +1,146 @@
+"""MediaPipe face mesh (478 landmarks) and selfie segmentation, plus the named
+landmark groups and the face signals derived from them.
+
+Preprocessing and the landmark metrics both go through this module, so the
+same detector settings and the same definitions of "eye openness" and "mouth
+opening" are used everywhere. MediaPipe 0.10.21's legacy solutions ship their
+models inside the wheel, so this runs offline.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging is noise for users
+
+N_LANDMARKS = 478
+
+# Closed contours, in drawing order (MediaPipe canonical face mesh indices).
+# "Right"/"left" are the subject's: the right eye appears on the image's left.
+FACE_OVAL: tuple[int, ...] = (
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+LIPS_OUTER: tuple[int, ...] = (
+    61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+LIPS_INNER: tuple[int, ...] = (
+    78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
+RIGHT_EYE: tuple[int, ...] = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+LEFT_EYE: tuple[int, ...] = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+RIGHT_BROW: tuple[int, ...] = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)
+LEFT_BROW: tuple[int, ...] = (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)
+RIGHT_IRIS: tuple[int, ...] = (468, 469, 470, 471, 472)
+LEFT_IRIS: tuple[int, ...] = (473, 474, 475, 476, 477)
+NOSE_TIP = 1
+CHIN = 152
+
+# Eye corners (outer, inner) and upper/lower lid pairs for the eye aspect ratio.
+_EYES = (
+    ((33, 133), ((160, 144), (159, 145), (158, 153))),
+    ((263, 362), ((387, 373), (386, 374), (385, 380))),
+)
+# Upper/lower inner-lip pairs (left of centre, centre, right of centre).
+_LIP_GAP = ((82, 87), (13, 14), (312, 317))
+_OUTER_EYE_CORNERS = (33, 263)
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB frames [T,H,W,3], got {frames.dtype} {frames.shape}")
+    return frames
+
+
+class FaceMeshTracker:
+    """Frame-by-frame face mesh; keeps MediaPipe's tracking state between calls
+    so that a long video can be streamed without holding it in memory."""
+
+    def __init__(self, video: bool = True) -> None:
+        import mediapipe as mp
+        self._mesh = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=not video, max_num_faces=1, refine_landmarks=True,
+            min_detection_confidence=0.5, min_tracking_confidence=0.5)
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        """[H,W,3] uint8 RGB -> [478,3] (x, y pixels; z in pixels of the image width), NaN if no face."""
+        h, w = frame.shape[:2]
+        res = self._mesh.process(np.ascontiguousarray(frame))
+        if not res.multi_face_landmarks:
+            return np.full((N_LANDMARKS, 3), np.nan, np.float32)
+        pts = np.array([(p.x, p.y, p.z) for p in res.multi_face_landmarks[0].landmark], np.float32)
+        return pts * np.array([w, h, w], np.float32)
+
+    def close(self) -> None:
+        self._mesh.close()
+
+    def __enter__(self) -> FaceMeshTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PersonSegmenter:
+    """Frame-by-frame selfie segmentation (person probability per pixel)."""
+
+    def __init__(self) -> None:
+        import mediapipe as mp
+        self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        """[H,W,3] uint8 RGB -> [H,W] float32 in [0,1]."""
+        res = self._seg.process(np.ascontiguousarray(frame))
+        return np.clip(res.segmentation_mask, 0.0, 1.0).astype(np.float32)
+
+    def close(self) -> None:
+        self._seg.close()
+
+    def __enter__(self) -> PersonSegmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def detect_landmarks(frames: np.ndarray, video: bool = True) -> np.ndarray:
+    """[T,H,W,3] uint8 RGB -> [T,478,3] float32 (x, y in pixels, z in the same
+    pixel scale, MediaPipe's depth axis); rows are NaN where no face is found.
+    ``video=True`` tracks between consecutive frames (steadier, faster)."""
+    frames = _check_frames(frames)
+    with FaceMeshTracker(video=video) as mesh:
+        return np.stack([mesh(f) for f in frames])
+
+
+def segment_person(frames: np.ndarray) -> np.ndarray:
+    """[T,H,W,3] uint8 RGB -> [T,H,W] float32 person probability."""
+    frames = _check_frames(frames)
+    with PersonSegmenter() as seg:
+        return np.stack([seg(f) for f in frames])
+
+
+def inter_ocular(landmarks: np.ndarray) -> np.ndarray:
+    """[..., 478, >=2] -> [...] distance between the outer eye corners: a face
+    size that does not change with expression."""
+    a, b = _OUTER_EYE_CORNERS
+    return np.linalg.norm(landmarks[..., a, :2] - landmarks[..., b, :2], axis=-1)
+
+
+def eye_openness(landmarks: np.ndarray) -> np.ndarray:
+    """[..., 478, >=2] -> [...] eye aspect ratio averaged over both eyes
+    (lid gap / eye width; about 0.25-0.35 open, near 0 closed)."""
+    lm = landmarks[..., :2]
+    ratios = []
+    for (c0, c1), lids in _EYES:
+        gap = np.mean([np.linalg.norm(lm[..., u, :] - lm[..., d, :], axis=-1) for u, d in lids], axis=0)
+        ratios.append(gap / np.maximum(np.linalg.norm(lm[..., c0, :] - lm[..., c1, :], axis=-1), 1e-6))
+    return np.mean(ratios, axis=0)
+
+
+def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
+    """[..., 478, >=2] -> [...] inner-lip gap divided by the inter-ocular distance
+    (0 closed, ~0.3-0.5 wide open), independent of face size in the image."""
+    lm = landmarks[..., :2]
+    gap = np.mean([np.linalg.norm(lm[..., u, :] - lm[..., d, :], axis=-1) for u, d in _LIP_GAP], axis=0)
+    return gap / np.maximum(inter_ocular(lm), 1e-6)
