@@ -1,0 +1,440 @@
+"""Staged training of one subject.
+
+Stages, by share of the iterations (TalkingGaussian + UA-3DTalk):
+
+1. ``priors``: the lip-sync expert (contrastive audio/mouth), the speech-emotion
+   encoder and the visual expression teacher, on ground-truth frames; frozen after.
+2. ``mouth``: the inside-mouth branch alone, loss on the mouth region.
+3. ``face``: the face branch (and emotion networks), loss on the head region.
+4. ``fusion``: everything together. The uncertainty blocks switch from stage 1
+   (one random ensemble member per view, diagonal) to stage 2 (full ensemble,
+   precision fusion) at ``stage2_at`` of the render iterations.
+
+Losses: L1 + D-SSIM on the image, the lip expert's sync loss on rendered mouths,
+emotion distillation, the uncertainty heads' Gaussian NLL, and a penalty on
+deformation size; 3DGS densification and pruning on both Gaussian sets.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ua3dtalk import audio as audio_io
+from ua3dtalk.config import ModelConfig, preset
+from ua3dtalk.data.dataset import SubjectDataset
+from ua3dtalk.gaussians import DensityController
+from ua3dtalk.metrics import psnr, ssim
+from ua3dtalk.model import Conditioning, TalkingHead, load_checkpoint, save_checkpoint
+from ua3dtalk.prior import mouth_crops
+
+MOUTH_UPPER, MOUTH_LOWER = 13, 14   # MediaPipe inner-lip midpoints
+FACE_LABEL, MOUTH_LABEL = 2, 3      # dataset mask labels
+STATE_NAME = "training_state.safetensors"
+DEFAULT_ITERATIONS = {"demo": 6000, "paper": 30000}
+
+
+@dataclass
+class TrainOptions:
+    preset: str = "demo"
+    iterations: int | None = None
+    resume: bool = False
+    fusion: str = "uncertainty"
+    codebooks: bool = True
+    size: int | None = None
+    device: str | None = None
+    seed: int = 0
+    # shares of the iterations
+    priors_until: float = 0.1
+    mouth_until: float = 0.2
+    face_until: float = 0.6
+    stage2_at: float = 0.5
+    # losses
+    ssim_weight: float = 0.2
+    sync_weight: float = 0.02
+    distill_weight: float = 0.1
+    nll_weight: float = 0.01
+    deform_weight: float = 1e-3
+    # densification (in render iterations)
+    densify_every: int = 100
+    densify_until: float = 0.7
+    grad_threshold: float = 2e-4
+    max_gaussians: int = 120_000
+    # bookkeeping
+    log_every: int = 25
+    save_every: int = 1000
+    face_points: int = 30_000
+    mouth_points: int = 3_000
+
+
+class Batches:
+    """Windows of consecutive frames from one clip (the lip expert sees
+    ``content_window`` consecutive frames), drawn with a seeded generator."""
+
+    def __init__(self, data: SubjectDataset, window: int, generator: torch.Generator) -> None:
+        self.data, self.window, self.generator = data, window, generator
+        self.clips = [c for c in range(len(data.clips)) if len(data.clip_frames(c)) >= window]
+        if not self.clips:
+            raise ValueError(f"no training clip has {window} frames")
+
+    def draw(self) -> list[int]:
+        clip = self.clips[int(torch.randint(len(self.clips), (1,), generator=self.generator))]
+        frames = self.data.clip_frames(clip)
+        first = int(torch.randint(len(frames) - self.window + 1, (1,), generator=self.generator))
+        return list(frames[first:first + self.window])
+
+
+def _stack(data: SubjectDataset, indices: list[int], device: torch.device) -> dict[str, Tensor]:
+    items = [data[i] for i in indices]
+    batch = {}
+    for key in items[0]:
+        values = [torch.as_tensor(item[key]) for item in items]
+        batch[key] = torch.stack(values).to(device)
+    return batch
+
+
+def face_crops(images: Tensor, landmarks: Tensor, size: int = 128) -> Tensor:
+    """Square crops around the landmarks' bounding box: [B,3,H,W] -> [B,3,size,size]."""
+    lo, hi = landmarks.min(1).values, landmarks.max(1).values
+    center, half = (lo + hi) / 2, (hi - lo).max(-1).values * 0.6
+    height, width = images.shape[-2:]
+    lin = torch.linspace(-1, 1, size, device=images.device)
+    gy, gx = torch.meshgrid(lin, lin, indexing="ij")
+    px = center[:, 0, None, None] + gx * half[:, None, None]
+    py = center[:, 1, None, None] + gy * half[:, None, None]
+    grid = torch.stack([(px + 0.5) / width * 2 - 1, (py + 0.5) / height * 2 - 1], dim=-1)
+    return F.grid_sample(images, grid, align_corners=False, padding_mode="border")
+
+
+def mouth_windows(images: Tensor, landmarks: Tensor) -> Tensor:
+    """[B,3,H,W] frames -> [1, B, 3, 48, 96] mouth crops of one window."""
+    centers = (landmarks[:, MOUTH_UPPER] + landmarks[:, MOUTH_LOWER]) / 2
+    scale = images.shape[-1] / 512
+    return mouth_crops(images, centers, size=(48, 96), extent=(48 * scale, 96 * scale))[None]
+
+
+def initial_geometry(data: SubjectDataset, n_face: int, n_mouth: int, generator: torch.Generator
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Face and mouth points (world) with colours, back-projected from the first
+    training frame: pixel depths are interpolated from the landmarks' depths,
+    and inside-mouth pixels are pushed behind the lips."""
+    from scipy.interpolate import griddata
+
+    item = data[0]
+    viewmat, K = torch.as_tensor(item["viewmat"]).double(), data.K.double()
+    world = torch.cat([data.canonical.double(), torch.ones(len(data.canonical), 1, dtype=torch.float64)], 1)
+    cam = (viewmat @ world.t()).t()[:, :3]
+    uv = (K @ cam.t()).t()
+    uv = uv[:, :2] / uv[:, 2:]
+    mask = torch.as_tensor(item["mask"])
+    image = torch.as_tensor(item["image"])
+    head_depth = cam[:, 2]
+    mouth_depth = float(head_depth.max() - head_depth.min()) * 0.25
+
+    def sample(label: int, count: int, push: float) -> tuple[Tensor, Tensor]:
+        ys, xs = torch.nonzero(mask == label, as_tuple=True)
+        if len(xs) == 0:
+            raise ValueError(f"the first training frame has no pixels labelled {label} in its mask")
+        pick = torch.randint(len(xs), (count,), generator=generator)
+        u = xs[pick].double() + torch.rand(count, generator=generator, dtype=torch.float64) - 0.5
+        v = ys[pick].double() + torch.rand(count, generator=generator, dtype=torch.float64) - 0.5
+        z = griddata(uv.numpy(), head_depth.numpy(), np.stack([u.numpy(), v.numpy()], 1), method="linear")
+        z_near = griddata(uv.numpy(), head_depth.numpy(), np.stack([u.numpy(), v.numpy()], 1), method="nearest")
+        z = torch.from_numpy(np.where(np.isnan(z), z_near, z)) + push
+        x = (u - K[0, 2]) / K[0, 0] * z
+        y = (v - K[1, 2]) / K[1, 1] * z
+        points_cam = torch.stack([x, y, z, torch.ones_like(z)], 1)
+        points = (torch.linalg.inv(viewmat) @ points_cam.t()).t()[:, :3]
+        colors = image[:, ys[pick], xs[pick]].t()
+        return points.float(), colors.float()
+
+    face_points, face_colors = sample(FACE_LABEL, n_face, 0.0)
+    mouth_points, mouth_colors = sample(MOUTH_LABEL, n_mouth, mouth_depth)
+    return face_points, face_colors, mouth_points, mouth_colors
+
+
+class Trainer:
+    """Holds the model, optimiser, data and counters; ``run`` trains to the end."""
+
+    def __init__(self, data_dir: str | Path, out: str | Path, options: TrainOptions) -> None:
+        from ua3dtalk.pipeline import pick_device
+
+        self.opt = options
+        self.out = Path(out)
+        self.device = pick_device(options.device)
+        self.data = SubjectDataset(data_dir, "train", size=options.size)
+        self.heldout_dir = Path(data_dir)
+        self.generator = torch.Generator().manual_seed(options.seed)
+        torch.manual_seed(options.seed)
+        resume = options.resume and (self.out / STATE_NAME).is_file()
+        if options.resume and not resume:
+            raise FileNotFoundError(f"--resume: no training state in {self.out} ({STATE_NAME} missing)")
+        if resume:
+            self.model = load_checkpoint(self.out, self.device).train()
+            self.cfg = self.model.cfg
+        else:
+            self.cfg = replace(preset(options.preset), fusion=options.fusion, codebooks=options.codebooks,
+                               image_size=self.data.size)
+            self.model = self._fresh_model()
+        self.total = options.iterations or DEFAULT_ITERATIONS[self.cfg.preset]
+        self.extractor = audio_io.get_extractor(self.cfg.audio_features, device=str(self.device))
+        audio_io.check_features(self.cfg.audio_features, self.cfg.audio_dim, self.extractor)
+        self.features = [self._clip_features(c) for c in range(len(self.data.clips))]
+        self.optimizer = self._optimizer()
+        self.step = 0
+        if resume:
+            self._load_state()
+        self.batches = Batches(self.data, self.cfg.content_window, self.generator)
+        self.face_density = DensityController(self.model.face, self.optimizer)
+        self.mouth_density = DensityController(self.model.mouth, self.optimizer)
+
+    # -- set-up ---------------------------------------------------------------
+    def _fresh_model(self) -> TalkingHead:
+        model = TalkingHead(self.cfg).to(self.device)
+        face_p, face_c, mouth_p, mouth_c = initial_geometry(self.data, self.opt.face_points,
+                                                            self.opt.mouth_points, self.generator)
+        viewmats = torch.stack([torch.as_tensor(self.data[i]["viewmat"]) for i in range(len(self.data))])
+        eye = torch.as_tensor([float(self.data[i]["eye"]) for i in range(len(self.data))])
+        model.init_subject(face_p, mouth_p, self.data.background, self.data.K, viewmats, eye, face_c, mouth_c)
+        return model.train()
+
+    def _clip_features(self, clip: int) -> Tensor:
+        wav, _ = self.data.audio(clip)
+        feats = self.extractor(wav).to(self.device, torch.float32)
+        return feats[: len(self.data.clip_frames(clip))]
+
+    def _optimizer(self) -> torch.optim.Adam:
+        model, groups = self.model, []
+        for name, gaussians, scale in (("face", model.face, 1.0), ("mouth", model.mouth, 1.0)):
+            lr = {"xyz": 1.6e-4 * scale, "rotation_raw": 1e-3, "scaling_raw": 5e-3, "opacity_raw": 5e-2,
+                  "sh_dc": 2.5e-3, "sh_rest": 1.25e-4}
+            for pname, param in gaussians.named_parameters():
+                groups.append({"params": [param], "lr": lr[pname], "name": f"{name}.{pname}"})
+        for name in ("prior", "emotion", "face_net", "mouth_net"):
+            groups.append({"params": list(getattr(model, name).parameters()), "lr": 1e-3, "name": name})
+        return torch.optim.Adam(groups, eps=1e-15)
+
+    # -- phases ---------------------------------------------------------------
+    def phase(self, step: int) -> str:
+        share = step / self.total
+        o = self.opt
+        if share < o.priors_until:
+            return "priors"
+        if share < o.mouth_until:
+            return "mouth"
+        return "face" if share < o.face_until else "fusion"
+
+    def _trainable(self, phase: str) -> set[str]:
+        return {
+            "priors": {"prior", "emotion"},
+            "mouth": {"mouth", "mouth_net"},
+            "face": {"face", "face_net", "emotion"},
+            "fusion": {"face", "mouth", "face_net", "mouth_net", "emotion"},
+        }[phase]
+
+    def _zero_frozen_grads(self, phase: str) -> None:
+        keep = self._trainable(phase)
+        for group in self.optimizer.param_groups:
+            if group["name"].split(".")[0] not in keep:
+                for p in group["params"]:
+                    p.grad = None
+        if phase != "priors":  # the lip expert and speech-emotion encoder stay frozen once trained
+            for p in self.model.prior.lip_expert.parameters():
+                p.grad = None
+
+    # -- steps ----------------------------------------------------------------
+    def _batch(self) -> tuple[dict[str, Tensor], Conditioning]:
+        indices = self.batches.draw()
+        batch = _stack(self.data, indices, self.device)
+        clip = int(batch["clip"][0])
+        images = batch["image"].float()
+        crops = face_crops(images, batch["landmarks"].float())
+        cond = Conditioning(features=self.features[clip], frames=batch["frame"].long(),
+                            viewmats=batch["viewmat"].float(), eye=batch["eye"].float(),
+                            emotion=batch["emotion"].long(), intensity=batch["intensity"].float(),
+                            face_crops=crops)
+        return batch, cond
+
+    def _prior_loss(self, windows: int = 8) -> tuple[Tensor, dict[str, float]]:
+        """Lip expert (InfoNCE over several windows), speech-emotion encoder and
+        visual expression teacher (cross-entropy on the emotion labels)."""
+        expert, emotion = self.model.prior.lip_expert, self.model.emotion
+        audio_emb, mouth_emb, ce = [], [], 0.0
+        for _ in range(windows):
+            batch, cond = self._batch()
+            centre = cond.frames[len(cond.frames) // 2:][:1]
+            audio_emb.append(expert.audio_embedding(cond.features, centre))
+            mouth_emb.append(expert.mouth_embedding(mouth_windows(batch["image"].float(), batch["landmarks"].float())))
+            out = emotion(cond.features, cond.frames, cond.emotion, cond.intensity, cond.face_crops)
+            ce = ce + F.cross_entropy(out["audio_logits"], cond.emotion) + F.cross_entropy(out["visual_logits"], cond.emotion)
+        sync = expert.loss(torch.cat(audio_emb), torch.cat(mouth_emb))
+        ce = ce / windows
+        return sync + ce, {"sync": float(sync), "emotion_ce": float(ce)}
+
+    def _render_loss(self, batch: dict[str, Tensor], cond: Conditioning, phase: str
+                     ) -> tuple[Tensor, dict[str, float], object]:
+        o, size = self.opt, self.data.size
+        stage = 2 if self.step >= self.total * o.stage2_at else 1
+        out = self.model(cond, size=size, stage=stage, with_maps=False)
+        out.means2d.retain_grad()
+        pred = out.image.permute(0, 3, 1, 2)
+        gt = batch["image"].float()
+        mask = batch["mask"]
+        head = (mask == FACE_LABEL) | (mask == MOUTH_LABEL)
+        region = (mask == MOUTH_LABEL) if phase == "mouth" else head
+        background = self.model.background[None].expand_as(gt)
+        target = torch.where(head[:, None], gt, background)
+        weight = region[:, None].float()
+        if phase != "mouth":
+            weight = torch.ones_like(weight)  # outside the head the target is the plate
+        l1 = ((pred - target).abs() * weight).sum() / (weight.sum() * 3).clamp_min(1)
+        dssim = 1 - ssim(pred, target).mean()
+        loss = l1 + o.ssim_weight * dssim
+        mouths = mouth_windows(pred, batch["landmarks"].float())
+        expert = self.model.prior.lip_expert
+        audio_emb = expert.audio_embedding(cond.features, cond.frames[len(cond.frames) // 2:][:1]).detach()
+        sync = 1 - expert.confidence(audio_emb, expert.mouth_embedding(mouths)).mean()
+        distill = out.emotion["distill"]
+        nll = out.face.nll + out.mouth.nll
+        deform = out.face.d_xyz.pow(2).mean() + out.mouth.d_xyz.pow(2).mean()
+        loss = loss + o.sync_weight * sync + o.distill_weight * distill + o.nll_weight * nll + o.deform_weight * deform
+        with torch.no_grad():
+            quality = float(psnr(pred.clamp(0, 1), target).mean())
+        stats = {"l1": float(l1), "sync": float(sync), "distill": float(distill), "nll": float(nll),
+                 "psnr": quality, "stage": stage}
+        return loss, stats, out
+
+    def _densify(self, out, phase: str) -> None:  # noqa: ANN001
+        o = self.opt
+        render_start = self.total * o.priors_until
+        since = self.step - render_start
+        n_face = self.model.face.num_points
+        grad = out.means2d.grad
+        if grad is None:
+            return
+        size = self.data.size
+        for density, part, lo, hi in ((self.face_density, "face", 0, n_face),
+                                      (self.mouth_density, "mouth", n_face, out.means2d.shape[1])):
+            if part not in self._trainable(phase):
+                continue
+            density.accumulate(grad[:, lo:hi], out.radii[:, lo:hi], size, size)
+            total = self.model.face.num_points + self.model.mouth.num_points
+            if (since > 0 and since % o.densify_every == 0 and self.step < self.total * o.densify_until
+                    and total < o.max_gaussians):
+                density.densify_and_prune(grad_threshold=o.grad_threshold, min_opacity=0.005,
+                                          extent=self._extent(), max_screen_size=size / 4)
+        if since > 0 and since % o.densify_every == 0:
+            self.model.fit_bounds()
+
+    def _extent(self) -> float:
+        xyz = self.model.face.xyz.detach()
+        return float((xyz - xyz.mean(0)).norm(dim=-1).max())
+
+    def run(self) -> Path:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        writer = SummaryWriter(str(self.out / "runs"))
+        started = time.perf_counter()
+        bar = tqdm(total=self.total, initial=self.step, desc="train", unit="it")
+        stats: dict[str, float] = {}
+        while self.step < self.total:
+            phase = self.phase(self.step)
+            self.optimizer.zero_grad(set_to_none=True)
+            if phase == "priors":
+                loss, stats = self._prior_loss()
+                out = None
+            else:
+                loss, stats, out = self._render_loss(*self._batch(), phase)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"training diverged at step {self.step} ({phase}): loss {float(loss)}")
+            loss.backward()
+            self._zero_frozen_grads(phase)
+            self.optimizer.step()
+            if out is not None:
+                self._densify(out, phase)
+            self.step += 1
+            stats["loss"] = float(loss)
+            if self.step % self.opt.log_every == 0 or self.step == self.total:
+                for key, value in stats.items():
+                    writer.add_scalar(f"{phase}/{key}", value, self.step)
+                writer.add_scalar("gaussians", self.model.face.num_points + self.model.mouth.num_points, self.step)
+                bar.set_postfix(phase=phase, loss=f"{stats['loss']:.4f}",
+                                **({"psnr": f"{stats['psnr']:.2f}"} if "psnr" in stats else {}))
+            bar.update(1)
+            if self.step % self.opt.save_every == 0 or self.step == self.total:
+                self.save()
+        bar.close()
+        writer.close()
+        self.last_stats = stats
+        self.train_seconds = time.perf_counter() - started
+        return self.out
+
+    # -- checkpoints ----------------------------------------------------------
+    def save(self) -> None:
+        """Checkpoint + exact training state, written atomically (temp then rename)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(self.model, self.out)
+        tensors: dict[str, Tensor] = {"rng/torch": torch.get_rng_state(), "rng/batches": self.generator.get_state()}
+        if torch.cuda.is_available():
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        state = self.optimizer.state_dict()
+        for index, slots in state["state"].items():
+            for key, value in slots.items():
+                tensors[f"optim/{index}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        for name, density in (("face", self.face_density), ("mouth", self.mouth_density)):
+            for key, value in density.state_tensors().items():
+                tensors[f"density/{name}/{key}"] = value.detach().cpu().contiguous()
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]
+        meta = {"step": str(self.step), "total": str(self.total), "options": json.dumps(asdict(self.opt)),
+                "param_groups": json.dumps(groups)}
+        tmp = self.out / (STATE_NAME + ".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(self.out / STATE_NAME)
+
+    def _load_state(self) -> None:
+        from safetensors import safe_open
+
+        path = self.out / STATE_NAME
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata()
+        tensors = load_file(str(path))
+        self.step = int(meta["step"])
+        groups = json.loads(meta["param_groups"])
+        state: dict[int, dict[str, Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim/"):
+                _, index, slot = key.split("/")
+                state.setdefault(int(index), {})[slot] = value.to(self.device) if slot != "step" else value
+        current = self.optimizer.state_dict()
+        for group, saved in zip(current["param_groups"], groups):
+            group.update({k: v for k, v in saved.items() if k != "params"})
+        self.optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+        torch.set_rng_state(tensors["rng/torch"])
+        self.generator.set_state(tensors["rng/batches"])
+        if "rng/cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
+        self._density_state = {k: v for k, v in tensors.items() if k.startswith("density/")}
+
+
+def train(data: str | Path, out: str | Path, options: TrainOptions | None = None) -> Path:
+    """The ``ua3dtalk train`` command: train (or resume) and evaluate on held-out clips."""
+    from ua3dtalk.evaluate import evaluate_model
+
+    options = options or TrainOptions()
+    trainer = Trainer(data, out, options)
+    trainer.run()
+    report = evaluate_model(trainer.model, data, split="heldout", size=trainer.data.size)
+    report["train_seconds"] = round(getattr(trainer, "train_seconds", 0.0), 1)
+    report["iterations"] = trainer.total
+    report["device"] = str(trainer.device) if trainer.device.type != "cuda" else torch.cuda.get_device_name(trainer.device)
+    (Path(out) / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return Path(out)
