@@ -141,3 +141,22 @@ def test_logmel_is_deterministic_and_responds_to_pitch():
     high = get_extractor()(np.sin(2 * np.pi * 3000 * t).astype(np.float32))
     assert torch.equal(low, get_extractor()(np.sin(2 * np.pi * 200 * t).astype(np.float32)))
     assert int(low[10, :80].argmax()) < int(high[10, :80].argmax())
+
+
+def test_transformers_extractor_from_local_folder_is_on_the_frame_clock(tmp_path, monkeypatch):
+    """A tiny random HuBERT saved as safetensors: the real loading and 50 Hz -> 25 fps path."""
+    from transformers import HubertConfig, HubertModel
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    config = HubertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                          conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    HubertModel(config).save_pretrained(tmp_path / "tiny")
+    assert (tmp_path / "tiny" / "model.safetensors").is_file()
+    extractor = get_extractor(f"hubert:{tmp_path / 'tiny'}")
+    assert extractor.dim == 16 and extractor.name.startswith("hubert:")
+    for n in [100, 640, 16000, 16001]:
+        wav = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+        assert extractor(wav).shape == (num_frames(n), 16)
+    with pytest.raises(ValueError, match="trained with 'logmel'"):
+        check_features("logmel", 320, extractor)

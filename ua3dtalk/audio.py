@@ -240,6 +240,8 @@ class TransformersExtractor:
     def __init__(self, kind: str, model: str, device: str | None = None) -> None:
         from transformers import AutoModel
 
+        if model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
+            raise RuntimeError(f"{kind} model: local folder {model!r} not found")
         offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
         try:
             self.model = AutoModel.from_pretrained(model, local_files_only=offline)
