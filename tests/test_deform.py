@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from ua3dtalk.config import preset
+from ua3dtalk.deform import DeformOutput, MotionNetwork, face_network, mouth_network
+
+CFG = preset("demo", ensemble=3, latent_dim=8, hidden_dim=16, hexplane_dim=4, hexplane_resolution=8)
+VIEW_DIMS = {"audio": 5, "content": 6, "style": 4, "emotion": 7}
+
+
+def make_views(batch: int, n: int, seed: int = 0, views=CFG.face_views) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in views:
+        shape = (batch, n, VIEW_DIMS[name]) if name == "emotion" else (batch, VIEW_DIMS[name])
+        out[name] = torch.randn(*shape, generator=g)
+    return out
+
+
+def make_xyz(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.rand(n, 3, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("branch", ["face", "mouth"])
+def test_shapes(batch, branch):
+    torch.manual_seed(0)
+    net = face_network(CFG, VIEW_DIMS) if branch == "face" else mouth_network(CFG, VIEW_DIMS)
+    views_used = CFG.face_views if branch == "face" else CFG.mouth_views
+    n = 50
+    out = net(make_xyz(n), make_views(batch, n, views=views_used))
+    assert isinstance(out, DeformOutput)
+    assert out.d_xyz.shape == (batch, n, 3)
+    if branch == "face":
+        assert out.d_rotation.shape == (batch, n, 4) and out.d_scale.shape == (batch, n, 3)
+    else:
+        assert out.d_rotation is None and out.d_scale is None
+    for stat in (out.aleatoric, out.epistemic, out.weight):
+        assert stat.shape == (batch, len(views_used), n)
+    assert out.nll.dim() == 0 and torch.isfinite(out.nll)
+    torch.testing.assert_close(out.weight.sum(1), torch.ones(batch, n))
+    assert float(out.d_xyz.detach().abs().max()) < 1e-2       # starts near the canonical shape
+
+
+def test_batch_equals_frames_one_by_one():
+    torch.manual_seed(0)
+    net = face_network(CFG, VIEW_DIMS)
+    xyz, views = make_xyz(20), make_views(3, 20)
+    together = net(xyz, views)
+    for b in range(3):
+        alone = net(xyz, {k: v[b:b + 1] for k, v in views.items()})
+        torch.testing.assert_close(alone.d_xyz[0], together.d_xyz[b], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(alone.weight[0], together.weight[b], rtol=1e-4, atol=1e-6)
+
+
+def test_fusion_modes_differ_and_validate():
+    torch.manual_seed(0)
+    net = face_network(CFG, VIEW_DIMS)
+    xyz, views = make_xyz(30), make_views(2, 30)
+    stage2 = net(xyz, views)
+    uniform = net(xyz, views, fusion="uniform")
+    stage1 = net(xyz, views, stage=1)
+    assert torch.all(uniform.weight == 0.25)
+    assert not torch.allclose(stage2.weight, uniform.weight)
+    assert not torch.allclose(stage2.d_xyz, uniform.d_xyz)
+    assert not torch.allclose(stage1.d_xyz, stage2.d_xyz)
+    with pytest.raises(ValueError, match="fusion"):
+        net(xyz, views, fusion="average")
+    with pytest.raises(ValueError, match="stage"):
+        net(xyz, views, stage=3)
+    with pytest.raises(ValueError, match="missing view"):
+        net(xyz, {k: v for k, v in views.items() if k != "style"})
+    with pytest.raises(ValueError, match="emotion"):
+        net(xyz, {**views, "emotion": views["emotion"][:, :10]})
+    with pytest.raises(ValueError, match="view_dims"):
+        MotionNetwork(CFG, ("audio", "pitch"), VIEW_DIMS, ("xyz",))
+
+
+def test_set_bounds_moves_the_field():
+    net = mouth_network(CFG, VIEW_DIMS)
+    net.set_bounds(torch.tensor([-2.0, -3.0, -4.0]), torch.tensor([2.0, 3.0, 4.0]))
+    torch.testing.assert_close(net.field.lo, torch.tensor([-2.0, -3.0, -4.0]))
+    torch.testing.assert_close(net.field.hi, torch.tensor([2.0, 3.0, 4.0]))
+
+
+@pytest.mark.parametrize("branch", ["face", "mouth"])
+def test_every_parameter_gets_gradient_from_an_image_loss(branch):
+    from ua3dtalk.render import rasterize
+
+    torch.manual_seed(0)
+    net = face_network(CFG, VIEW_DIMS) if branch == "face" else mouth_network(CFG, VIEW_DIMS)
+    views_used = CFG.face_views if branch == "face" else CFG.mouth_views
+    batch, n, size = 2, 40, 16
+    g = torch.Generator().manual_seed(3)
+    xyz = torch.cat([0.6 * torch.rand(n, 2, generator=g) - 0.3, 0.2 * torch.rand(n, 1, generator=g) + 2.0], 1)
+    net.set_bounds(xyz.min(0).values, xyz.max(0).values)
+    out = net(xyz, make_views(batch, n, views=views_used))
+
+    quats = torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(batch, n, 4)
+    log_scales = torch.full((batch, n, 3), -2.5)
+    if out.d_rotation is not None:
+        quats = quats + out.d_rotation
+        log_scales = log_scales + out.d_scale
+    colors = torch.rand(n, 3, generator=g).expand(batch, n, 3)
+    viewmats = torch.eye(4).expand(batch, 4, 4)
+    K = torch.tensor([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]]).expand(batch, 3, 3)
+    render = rasterize(xyz + out.d_xyz, quats, log_scales.exp(), torch.full((batch, n), 0.8), colors,
+                       viewmats, K, size, size, backend="torch")
+    target = torch.rand(batch, size, size, 3, generator=g)
+    loss = (render.image - target).abs().mean()
+    loss.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().max()) > 0, name
+
+
+def test_nll_trains_the_uncertainty_heads():
+    torch.manual_seed(0)
+    net = mouth_network(CFG, VIEW_DIMS)
+    out = net(make_xyz(10), make_views(1, 10, views=CFG.mouth_views))
+    out.nll.backward()
+    for block in net.blocks.values():
+        assert all(float(p.grad.abs().max()) > 0 for p in block.parameters())
+    assert all(p.grad is None for p in net.decoder.parameters())   # the fused target is detached

@@ -1,0 +1,153 @@
+"""Uncertainty-based Deformation: the face and mouth motion networks.
+
+Per Gaussian: position features from a multi-resolution tri-plane field; per
+view (audio+eye, content, style, emotion) an uncertainty block on
+[position features, view feature]; the views' ensembles are fused (stage 1:
+one member per view, diagonal; stage 2: exact precision fusion; or the uniform
+baseline); a multi-head decoder maps [fused latent, position features] to the
+offsets. A batch of B frames is handled at once by flattening B x N into the
+fusion's N, so nothing loops over frames or Gaussians.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ua3dtalk.config import ModelConfig
+from ua3dtalk.encoding import TriPlaneField
+from ua3dtalk.uncertainty import (
+    LOG_VAR_RANGE, FusionResult, UncertaintyBlock, precision_fusion, stage1_fusion, uniform_fusion,
+)
+
+OUTPUT_DIMS: dict[str, int] = {"xyz": 3, "rotation": 4, "scale": 3}
+FUSIONS = ("uncertainty", "uniform")
+
+
+@dataclass
+class DeformOutput:
+    d_xyz: Tensor                 # [B, N, 3]
+    d_rotation: Tensor | None     # [B, N, 4] quaternion offset (added to the raw rotation)
+    d_scale: Tensor | None        # [B, N, 3] added to the log-scale
+    aleatoric: Tensor             # [B, V, N]
+    epistemic: Tensor             # [B, V, N]
+    weight: Tensor                # [B, V, N]
+    nll: Tensor                   # scalar: NLL of the detached fused latent under each view's ensemble
+
+
+class MultiHeadDecoder(nn.Module):
+    """Shared trunk, one small linear head per output.
+
+    The heads start near zero so training starts from the canonical Gaussians,
+    yet not at exactly zero, so every layer receives gradients from step one.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, outputs: tuple[str, ...]) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.SiLU(),
+                                   nn.Linear(hidden_dim, hidden_dim), nn.SiLU())
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden_dim, OUTPUT_DIMS[name]) for name in outputs})
+        with torch.no_grad():
+            for head in self.heads.values():
+                head.weight.mul_(1e-3)
+                head.bias.zero_()
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        hidden = self.trunk(x)
+        return {name: head(hidden) for name, head in self.heads.items()}
+
+
+class MotionNetwork(nn.Module):
+    def __init__(self, cfg: ModelConfig, views: tuple[str, ...], view_dims: dict[str, int],
+                 outputs: tuple[str, ...]) -> None:
+        super().__init__()
+        missing = [v for v in views if v not in view_dims]
+        if missing:
+            raise ValueError(f"view_dims lacks the feature size of view(s) {missing}")
+        unknown = [o for o in outputs if o not in OUTPUT_DIMS]
+        if unknown or "xyz" not in outputs:
+            raise ValueError(f"outputs must include 'xyz' and come from {sorted(OUTPUT_DIMS)}, got {outputs}")
+        self.views = tuple(views)
+        self.view_dims = {v: int(view_dims[v]) for v in self.views}
+        self.outputs = tuple(outputs)
+        self.field = TriPlaneField(cfg.hexplane_dim, cfg.hexplane_resolution, cfg.hexplane_multires)
+        pos_dim = cfg.hexplane_dim * len(cfg.hexplane_multires)
+        self.blocks = nn.ModuleDict({
+            v: UncertaintyBlock(pos_dim + self.view_dims[v], cfg.latent_dim, cfg.ensemble, cfg.hidden_dim)
+            for v in self.views
+        })
+        self.decoder = MultiHeadDecoder(cfg.latent_dim + pos_dim, cfg.hidden_dim, self.outputs)
+
+    def set_bounds(self, lo: Tensor, hi: Tensor) -> None:
+        """Fit the position field's box to the canonical Gaussians."""
+        self.field.set_bounds(lo, hi)
+
+    def _view_input(self, name: str, feat: Tensor, pos: Tensor, batch: int) -> Tensor:
+        n = pos.shape[0]
+        d = self.view_dims[name]
+        if feat.dim() == 2 and feat.shape == (batch, d):
+            feat = feat[:, None, :].expand(batch, n, d)
+        elif feat.shape != (batch, n, d):
+            raise ValueError(f"view {name!r} must be [B, {d}] or [B, N={n}, {d}] with B={batch}, "
+                             f"got {tuple(feat.shape)}")
+        return torch.cat([pos.expand(batch, n, pos.shape[-1]), feat.to(pos)], dim=-1)
+
+    def forward(self, xyz: Tensor, views: dict[str, Tensor], fusion: str = "uncertainty",
+                stage: int = 2) -> DeformOutput:
+        """xyz [N, 3] canonical positions; views[name] [B, d] (per frame) or [B, N, d] (per Gaussian)."""
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+        missing = [v for v in self.views if v not in views]
+        if missing:
+            raise ValueError(f"missing view feature(s) {missing}; this network uses {list(self.views)}")
+        if xyz.dim() != 2 or xyz.shape[-1] != 3:
+            raise ValueError(f"xyz must be [N, 3], got {tuple(xyz.shape)}")
+        batch = views[self.views[0]].shape[0]
+        n = xyz.shape[0]
+
+        pos = self.field(xyz).flatten(1)                                          # [N, P]
+        mus, log_vars = [], []
+        for name in self.views:
+            mu, log_var = self.blocks[name](self._view_input(name, views[name], pos, batch))
+            mus.append(mu.flatten(0, 1))                                          # [B*N, T, D]
+            log_vars.append(log_var.flatten(0, 1))
+        mu, log_var = torch.stack(mus), torch.stack(log_vars)                     # [V, B*N, T, D]
+
+        fused: FusionResult
+        if fusion == "uniform":
+            fused = uniform_fusion(mu, log_var)
+        elif stage == 1:
+            fused = stage1_fusion(mu, log_var)
+        else:
+            fused = precision_fusion(mu, log_var)
+
+        pos_b = pos.expand(batch, n, pos.shape[-1]).flatten(0, 1)
+        out = self.decoder(torch.cat([fused.mean, pos_b], dim=-1))
+        out = {k: v.view(batch, n, -1) for k, v in out.items()}
+
+        # trains mean and variance heads to explain the fused latent (the heads' own target)
+        lv = log_var.clamp(*LOG_VAR_RANGE)
+        target = fused.mean.detach()[None, :, None, :]
+        nll = 0.5 * (lv + (target - mu).square() * torch.exp(-lv)).mean()
+
+        def per_frame(stat: Tensor) -> Tensor:                                    # [V, B*N] -> [B, V, N]
+            return stat.view(len(self.views), batch, n).transpose(0, 1)
+
+        return DeformOutput(
+            d_xyz=out["xyz"], d_rotation=out.get("rotation"), d_scale=out.get("scale"),
+            aleatoric=per_frame(fused.aleatoric), epistemic=per_frame(fused.epistemic),
+            weight=per_frame(fused.weight), nll=nll,
+        )
+
+
+def face_network(cfg: ModelConfig, view_dims: dict[str, int]) -> MotionNetwork:
+    """Face branch: all face views; Δxyz, Δrotation, Δscale."""
+    return MotionNetwork(cfg, cfg.face_views, view_dims, ("xyz", "rotation", "scale"))
+
+
+def mouth_network(cfg: ModelConfig, view_dims: dict[str, int]) -> MotionNetwork:
+    """Inside-mouth branch: the mouth views; Δxyz only."""
+    return MotionNetwork(cfg, cfg.mouth_views, view_dims, ("xyz",))
