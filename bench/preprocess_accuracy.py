@@ -1,0 +1,98 @@
+"""How well does ``preprocess`` recover what ``synth`` put into the video?
+
+Synthesizes a subject (or reuses one), preprocesses all its clips into one
+dataset, and compares per frame with the synthesized ground truth:
+landmark error in source-video pixels, and the correlation of the eye-blink
+and mouth-opening signals with the true eye openness and viseme opening.
+Runs on CPU:  python bench/preprocess_accuracy.py [--minutes 0.5] [--synth DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ua3dtalk.data import landmarks as lmk  # noqa: E402
+from ua3dtalk.data.preprocess import preprocess_videos  # noqa: E402
+from ua3dtalk.data.truth import ClipTruth, read_subject  # noqa: E402
+
+GROUPS = {"all 478": slice(None), "lips": list(lmk.LIPS_OUTER + lmk.LIPS_INNER),
+          "eyes": list(lmk.LEFT_EYE + lmk.RIGHT_EYE), "face oval": list(lmk.FACE_OVAL)}
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--synth", default=None, help="existing synth output folder (default: synthesize one)")
+    ap.add_argument("--minutes", type=float, default=0.5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=512, help="dataset crop size")
+    ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    a = ap.parse_args()
+
+    work = Path(a.work or tempfile.mkdtemp(prefix="ua3dtalk-bench-"))
+    synth_dir = Path(a.synth) if a.synth else work / "synth"
+    if not a.synth:
+        from ua3dtalk.data.synth import synthesize
+        t0 = time.perf_counter()
+        synthesize(str(synth_dir), portrait=None, minutes=a.minutes, seed=a.seed, size=512, preview=False)
+        print(f"synth: {time.perf_counter() - t0:.1f} s")
+    subject = read_subject(synth_dir)
+    videos = [str(synth_dir / c.video) for c in subject["clips"]]
+    t0 = time.perf_counter()
+    data = preprocess_videos(videos, str(work / "data"), size=a.size)
+    elapsed = time.perf_counter() - t0
+    meta = json.loads((data / "meta.json").read_text())
+    lm_all = np.load(data / "landmarks.npy")
+    eye_all, mouth_all = np.load(data / "eye.npy"), np.load(data / "mouth_open.npy")
+    n_total = sum(c["n_frames"] for c in meta["clips"])
+    print(f"preprocess: {len(videos)} clips, {n_total} frames in {elapsed:.1f} s ({n_total / elapsed:.1f} frames/s)")
+
+    errs = {g: [] for g in GROUPS}
+    eye, eye_true, mouth, mouth_true, lens = [], [], [], [], []
+    rows = []
+    for c in meta["clips"]:
+        truth = ClipTruth.load(synth_dir / "truth" / f"{c['name']}.npz")
+        n = min(c["n_frames"], len(truth.landmarks))
+        x0, y0, side = c["crop"]
+        lm = lm_all[c["start"]:c["start"] + n, :, :2] * (side / meta["size"]) + np.array([x0, y0])
+        d = np.linalg.norm(lm - truth.landmarks[:n], axis=-1)
+        for g, idx in GROUPS.items():
+            errs[g].append(d[:, idx].reshape(-1))
+        sl = slice(c["start"], c["start"] + n)
+        eye.append(eye_all[sl]), eye_true.append(truth.eye_open[:n])
+        mouth.append(mouth_all[sl]), mouth_true.append(truth.viseme_open[:n])
+        lens.append(n)
+        rows.append((c["name"], c["split"], n, float(d.mean()), _corr(eye_all[sl], truth.eye_open[:n]),
+                     _corr(mouth_all[sl], truth.viseme_open[:n]), c["reprojection_px"]))
+
+    print(f"\n{'clip':28s} {'split':8s} {'frames':>6s} {'lm err px':>9s} {'eye r':>6s} {'mouth r':>7s} {'reproj px':>9s}")
+    for r in rows:
+        print(f"{r[0]:28s} {r[1]:8s} {r[2]:6d} {r[3]:9.2f} {r[4]:6.3f} {r[5]:7.3f} {r[6]:9.2f}")
+    print("\nlandmark error vs ground truth (source 512x512 pixels):")
+    for g in GROUPS:
+        e = np.concatenate(errs[g])
+        print(f"  {g:10s} mean {e.mean():5.2f}  median {np.median(e):5.2f}  p95 {np.percentile(e, 95):5.2f}")
+    e_r = _corr(np.concatenate(eye), np.concatenate(eye_true))
+    m_r = _corr(np.concatenate(mouth), np.concatenate(mouth_true))
+    mean_err = float(np.concatenate(errs["all 478"]).mean())
+    print(f"\nblink signal vs truth eye_open:        r = {e_r:.3f}")
+    print(f"mouth-open signal vs truth viseme_open: r = {m_r:.3f}")
+    print(f"camera reprojection (mean over frames):  {meta['reprojection_px']:.2f} px at {meta['size']}x{meta['size']}")
+    ok = mean_err < 3.0 and e_r > 0.8 and m_r > 0.8
+    print(f"\ntargets (landmarks < 3 px, both r > 0.8): {'MET' if ok else 'NOT MET'}")
+    print(f"dataset: {data}")
+
+
+if __name__ == "__main__":
+    main()
