@@ -31,12 +31,12 @@ def _tone(path: Path, seconds: float) -> None:
         w.writeframes(pcm.tobytes())
 
 
-def _video(path: Path, frames: list[np.ndarray], audio: bool = True) -> Path:
+def _video(path: Path, frames: list[np.ndarray], audio: bool = True, fps: int = 25) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     wav = path.with_suffix(".wav")
     if audio:
-        _tone(wav, len(frames) / 25)
-    w = imageio_ffmpeg.write_frames(str(path), frames[0].shape[1::-1], fps=25, macro_block_size=1,
+        _tone(wav, len(frames) / fps)
+    w = imageio_ffmpeg.write_frames(str(path), frames[0].shape[1::-1], fps=fps, macro_block_size=1,
                                     audio_path=str(wav) if audio else None)
     w.send(None)
     for f in frames:
@@ -193,6 +193,16 @@ def test_bad_inputs_fail_clearly_and_leave_nothing(tmp_path: Path, case: str, me
     with pytest.raises(error, match=message):
         pp.preprocess_videos([str(video)], str(tmp_path / "data"), size=OUT)
     assert _no_leftovers(tmp_path, "data")
+
+
+def test_other_frame_rates_are_resampled_to_25_fps(tmp_path: Path) -> None:
+    video = _video(tmp_path / "in" / "talk.mp4", _face_frames(36), fps=30)
+    data = pp.preprocess_videos([str(video)], str(tmp_path / "data"), emotion="fear", intensity=3, size=64)
+    meta = json.loads((data / "meta.json").read_text())
+    clip = meta["clips"][0]
+    assert clip["source_fps"] == 30 and abs(clip["n_frames"] - 30) <= 1
+    assert (clip["emotion"], clip["level"], clip["label_source"]) == ("fear", 3, "options")
+    assert len(SubjectDataset(data, size=32)) == clip["n_frames"]
 
 
 def test_refuses_to_overwrite_a_folder_that_is_not_a_dataset(tmp_path: Path) -> None:
