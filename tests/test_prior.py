@@ -7,6 +7,7 @@ import torch
 from ua3dtalk.config import preset
 from ua3dtalk.prior import (AudioWindowNet, LipSyncExpert, PriorExtractor, StyleEncoder, frame_windows,
                             mouth_crops, window_indices)
+from ua3dtalk.render import rasterize
 
 CFG = preset("demo")
 
@@ -148,13 +149,15 @@ def test_mouth_crops_copy_pixels_and_resample_linearly() -> None:
         mouth_crops(images.permute(0, 2, 3, 1), centers)
 
 
-def _toy_render(means: torch.Tensor, colors: torch.Tensor, size: int = 24) -> torch.Tensor:
-    """Isotropic Gaussians [B, G, 3] (orthographic, xy in [-1, 1]) -> images [B, H, W, 3]."""
-    lin = torch.linspace(-1, 1, size)
-    pix = torch.stack(torch.meshgrid(lin, lin, indexing="xy"), dim=-1)              # [H, W, 2]
-    d2 = (pix[None, None] - means[:, :, None, None, :2]).square().sum(-1)           # [B, G, H, W]
-    alpha = 0.8 * torch.exp(-d2 / (2 * 0.15 ** 2))
-    return torch.einsum("bghw,bgc->bhwc", alpha, colors).clamp(0, 1)
+def _render(means: torch.Tensor, colors: torch.Tensor, size: int = 24) -> torch.Tensor:
+    """Gaussians [B, G, 3] (xy in about [-1, 1], z near 0) seen from z = -3 -> images [B, H, W, 3]."""
+    b, g, _ = means.shape
+    viewmats = torch.eye(4).repeat(b, 1, 1)
+    viewmats[:, 2, 3] = 3.0
+    ks = torch.tensor([[1.5 * size, 0, size / 2], [0, 1.5 * size, size / 2], [0, 0, 1]]).repeat(b, 1, 1)
+    quats = torch.tensor([1.0, 0, 0, 0]).expand(b, g, 4)
+    return rasterize(means, quats, torch.full((b, g, 3), 0.15), torch.full((b, g), 0.8), colors, viewmats, ks,
+                     size, size, backend="torch").image
 
 
 def test_every_parameter_gets_gradients_from_an_image_loss() -> None:
@@ -166,7 +169,7 @@ def test_every_parameter_gets_gradients_from_an_image_loss() -> None:
     head = torch.nn.Linear(cond.shape[1], g * 6)
     delta = head(cond).view(2, g, 6)
     base = torch.rand(g, 3) * 1.2 - 0.6
-    images = _toy_render(base + 0.1 * delta[..., :3], torch.sigmoid(delta[..., 3:])).permute(0, 3, 1, 2)
+    images = _render(base + 0.1 * delta[..., :3], torch.sigmoid(delta[..., 3:])).permute(0, 3, 1, 2)
     target = torch.rand_like(images)
     crops = mouth_crops(images, torch.tensor([[12.0, 12.0], [12.0, 12.0]]), size=(12, 24), extent=(24.0, 24.0))
     window = crops[:, None].expand(-1, CFG.content_window, -1, -1, -1)
