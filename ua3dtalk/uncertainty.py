@@ -22,6 +22,7 @@ Jacobi-scaled basis. Precision traces use Woodbury on each view (a (T-1)² syste
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -59,13 +60,14 @@ def _stats(mu: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
     return aleatoric, epistemic
 
 
-def _helmert(t: int, like: Tensor) -> Tensor:
-    """[T, T-1] orthonormal columns orthogonal to the all-ones vector."""
+@functools.lru_cache(maxsize=32)
+def _helmert(t: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """[T, T-1] orthonormal columns orthogonal to the all-ones vector (cached per device)."""
     basis = torch.zeros(t, t - 1, dtype=torch.float64)
     for k in range(1, t):
         basis[:k, k - 1] = 1.0 / math.sqrt(k * (k + 1))
         basis[k, k - 1] = -k / math.sqrt(k * (k + 1))
-    return basis.to(like)
+    return basis.to(dtype=dtype, device=device)
 
 
 def _scaled_cholesky(m: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,7 +116,7 @@ def precision_fusion(mu: Tensor, log_var: Tensor) -> FusionResult:
     r = t - 1
     aleatoric, epistemic = _stats(mu, log_var)
     mean_v = mu.mean(dim=2)                                                       # [V, N, D]
-    a = torch.einsum("tr,vntd->vnrd", _helmert(t, mu), mu) / math.sqrt(r)          # [V, N, r, D]
+    a = torch.einsum("tr,vntd->vnrd", _helmert(t, mu.dtype, mu.device), mu) / math.sqrt(r)          # [V, N, r, D]
     log_prec = math.log(t) - torch.logsumexp(log_var, dim=2)                      # [V, N, D]
     prec = log_prec.exp()
     share = torch.softmax(log_prec, dim=0)                                         # p_v / Σ_u p_u
