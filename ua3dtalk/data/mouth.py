@@ -53,8 +53,9 @@ def paint_mouth(image: np.ndarray, landmarks: np.ndarray, upper_teeth: np.ndarra
     cv2.ellipse(inside, (int((cx - x0) * (1 << _SHIFT)), int((cy - y0) * (1 << _SHIFT))), axes, 0, 180, 360,
                 _TONGUE.tolist(), -1, cv2.LINE_AA, _SHIFT)
     # lower teeth: a thin band above the lower lip that moves with the jaw
-    lower_band = np.concatenate([lower, (lower - [0, 0.07 * unit])[::-1]])
-    cv2.fillPoly(inside, [_poly(lower_band[2:-2], x0, y0)], (_TEETH * 0.85).tolist(), cv2.LINE_AA, _SHIFT)
+    front = lower[3:-3]
+    lower_band = np.concatenate([front, (front - [0, 0.045 * unit])[::-1]])
+    cv2.fillPoly(inside, [_poly(lower_band, x0, y0)], (_TEETH * 0.78).tolist(), cv2.LINE_AA, _SHIFT)
     # upper teeth with darker gaps between the incisors
     top = np.minimum(upper_teeth - [0, 0.2 * unit], upper)
     band = np.concatenate([top, upper_teeth[::-1]])
