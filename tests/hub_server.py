@@ -42,7 +42,7 @@ class FakeHub:
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> "FakeHub":
         self._thread.start()
@@ -151,7 +151,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if found:
                     repo, commit = found
                     prefix = unquote("/".join(rest[4:]))
-                    self._json(_tree(repo.commits[commit], prefix, query.get("recursive", ["False"])[0] == "True"))
+                    self._json(_tree(repo.commits[commit], prefix, query.get("recursive", ["false"])[0].lower() == "true"))
                 return
             self._send(404)
 
@@ -178,7 +178,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") \
                     else payload["name"]
                 if repo_id in hub.repos:
-                    return self._error(409, "RepoExists", "You already created this model repo")
+                    message = "You already created this model repo"
+                    return self._json({"error": message, "url": f"{hub.url}/{repo_id}"}, 409,
+                                      {"X-Error-Code": "RepoExists", "X-Error-Message": message})
                 hub.created[repo_id] = payload
                 hub.commit(repo_id, {".gitattributes": b"*.safetensors filter=lfs\n"})
                 return self._json({"url": f"{hub.url}/{repo_id}"})

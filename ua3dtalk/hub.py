@@ -191,9 +191,11 @@ def list_subjects(repo_id: str, revision: str | None = None) -> list[str]:
         return _cached_subjects(repo_id, revision)
     try:
         return _subjects_in(_repo_files(repo_id, revision))
-    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise FileNotFoundError(f"Hub repo {repo_id!r} (revision {revision or 'main'}) at {_endpoint()}: "
-                                f"{_first_line(exc)}") from exc
+    except RepositoryNotFoundError as exc:
+        raise FileNotFoundError(f"Hub repo {repo_id!r} at {_endpoint()}: repository not found (or private: "
+                                "log in with `hf auth login` or set HF_TOKEN)") from exc
+    except RevisionNotFoundError as exc:
+        raise FileNotFoundError(f"Hub repo {repo_id!r} at {_endpoint()}: revision {revision!r} not found") from exc
     except (HfHubHTTPError, OSError) as exc:
         raise FileNotFoundError(f"cannot list Hub repo {repo_id!r} at {_endpoint()}: {_first_line(exc)}") from exc
 
