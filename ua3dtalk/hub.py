@@ -137,9 +137,9 @@ def _download(repo_id: str, subfolder: str, revision: str | None) -> Path:
         ))
     except RepositoryNotFoundError as exc:
         raise FileNotFoundError("repository not found (or private: log in with `hf auth login` "
-                                f"or set HF_TOKEN) [{_first_line(exc)}]") from exc
+                                "or set HF_TOKEN)") from exc
     except RevisionNotFoundError as exc:
-        raise FileNotFoundError(f"revision {revision!r} not found [{_first_line(exc)}]") from exc
+        raise FileNotFoundError(f"revision {revision!r} not found") from exc
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
         why = ("HF_HUB_OFFLINE is set and it is not in the local cache" if offline
                else "the Hub is unreachable and it is not in the local cache")
