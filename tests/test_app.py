@@ -18,7 +18,7 @@ from ua3dtalk.video import write_wav
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
-SIZE = 32  # tiny frames keep ten CPU generations quick
+SIZE = 64  # the smallest choice keeps ten CPU generations quick
 
 
 def _free_port() -> int:

@@ -251,28 +251,28 @@ def build(app: App | None = None) -> gr.Blocks:
         gr.Markdown(f"Running on **{device_label()}**.", elem_id="device")
         with gr.Row():
             with gr.Column(scale=2):
-                subject = gr.Dropdown(subjects, value=subjects[0] if subjects else None, label="Subject",
+                subject = gr.Dropdown(subjects, value=subjects[0] if subjects else None, label="Subject", elem_id="subject",
                                       allow_custom_value=True,
                                       info="a bundled subject, or type a Hugging Face repo id (user/name[/subfolder])")
-                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Speech",
+                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Speech", elem_id="audio",
                                  buttons=["download"])
-                emotion = gr.Dropdown([*EMOTIONS, AUTO], value="neutral", label="Emotion",
+                emotion = gr.Dropdown([*EMOTIONS, AUTO], value="neutral", label="Emotion", elem_id="emotion",
                                       info="'auto' takes the emotion from the speech")
                 intensity = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Intensity")
                 fusion = gr.Radio(list(FUSIONS), value="uncertainty", label="View fusion",
                                   info="uncertainty-weighted (the method) or uniform (the baseline), to compare")
-                resolution = gr.Dropdown([(f"{s} px", s) for s in SIZES], value=size, label="Resolution",
+                resolution = gr.Dropdown([(f"{s} px", s) for s in SIZES], value=size, label="Resolution", elem_id="resolution",
                                          info=f"default here: {size} px")
-                run = gr.Button("Generate", variant="primary")
+                run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3):
                 with gr.Row():
-                    video = gr.Video(label="Talking face", buttons=["download"], autoplay=False)
+                    video = gr.Video(label="Talking face", buttons=["download"], elem_id="result-video")
                     heat_video = gr.Video(label="Uncertainty heatmaps (rows: kind, columns: view)",
-                                          buttons=["download"])
+                                          buttons=["download"], elem_id="heat-video")
                 gallery = gr.Gallery(label="Key frames", columns=3, height="auto",
                                      buttons=["download", "fullscreen"])
                 plot = gr.Plot(label="Uncertainty over time")
-                report = gr.Markdown()
+                report = gr.Markdown(elem_id="report")
         inputs = [subject, audio, emotion, intensity, fusion, resolution]
         outputs = [video, heat_video, gallery, plot, report]
         run.click(app.generate, inputs, outputs, api_name="generate", validator=validate,
