@@ -51,6 +51,10 @@ def test_gradio_tuple_int16_stereo_and_float():
     wav = load_audio((rate, stereo))
     assert abs(wav.size - SAMPLE_RATE) <= 2
     assert abs(_peak_hz(wav) - 440) < 2 and 0.47 < np.abs(wav).max() < 0.53
+    channels_first = load_audio((rate, np.stack([tone, -tone]).astype(np.float32)))   # [2, n]
+    assert np.abs(channels_first).max() < 1e-3    # averaged, not mistaken for 2 long "channels"
+    with pytest.raises(ValueError, match="samples, channels"):
+        load_audio((rate, np.zeros((100, 100), np.float32)))
     same = load_audio((SAMPLE_RATE, tone[:SAMPLE_RATE].astype(np.float32)))
     np.testing.assert_allclose(same, tone[:SAMPLE_RATE], atol=1e-6)
 

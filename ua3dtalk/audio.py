@@ -72,10 +72,11 @@ def _to_mono(array: np.ndarray) -> np.ndarray:
         return array
     if array.ndim != 2:
         raise ValueError(f"audio array must be 1-D or 2-D, got shape {array.shape}")
-    channel_axis = 1 if array.shape[1] <= array.shape[0] else 0
-    if array.shape[channel_axis] > 16:
-        raise ValueError(f"audio array of shape {array.shape} does not look like [samples, channels]")
-    return array.mean(axis=channel_axis)
+    if array.shape[1] <= 16:      # Gradio / soundfile convention first
+        return array.mean(axis=1)
+    if array.shape[0] <= 16:
+        return array.mean(axis=0)
+    raise ValueError(f"audio array of shape {array.shape} does not look like [samples, channels]")
 
 
 def _resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
