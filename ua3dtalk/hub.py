@@ -252,7 +252,7 @@ def model_card(ckpt_dir: Path) -> str:
               "speech audio plus a chosen emotion (UA-3DTalk: uncertainty-aware deformation with emotion "
               "prior distillation, Shen & Liu, ICASSP 2026). Alongside each frame it reports per-view "
               "aleatoric and epistemic uncertainty maps.", "",
-              "## Use", "", "```bash", "pip install ua3dtalk  # or the project repository",
+              "## Use", "", "```bash", "bash scripts/install.sh  # in the UA-3DTalk repository",
               "ua3dtalk render --subject USER/REPO --audio speech.wav --emotion happy --out out.mp4", "```",
               "", "```python", "from ua3dtalk.pipeline import TalkingFacePipeline",
               'pipe = TalkingFacePipeline.from_pretrained("USER/REPO")',
