@@ -34,7 +34,9 @@ _GROUP_ELEMENTS = 1 << 22
 _CHECKPOINT_ELEMENTS = 1 << 24
 _GSPLAT_MAX_CHANNELS = 513
 # Torch-backend tile edge: small tiles waste fewer pixel evaluations on small splats.
-_TORCH_TILE = 16
+_TORCH_TILE = 8
+# Gaussians per tile blended per step of the torch backend before saturated tiles are dropped.
+_DEPTH_CHUNK = 32
 
 
 @dataclass
@@ -295,29 +297,40 @@ def _rasterize_torch(means, quats, scales, opacities, feats, viewmats, Ks, width
         starts = torch.cumsum(counts, 0) - counts
         busy = torch.nonzero(counts).squeeze(1)
         busy = busy[torch.argsort(counts[busy])]  # similar lengths share a group: little padding
-        groups = _tile_groups(counts[busy], ts * ts)
     flat = lambda x: x.reshape(B * N, *x.shape[2:])  # noqa: E731
     ones = torch.ones_like(depth)[..., None]  # composited to alpha by the same matmul
     m2, con, op = flat(proj.means2d), flat(proj.conics), flat(opacities)
     ft = flat(torch.cat([feat, ones], -1))
     basis = _pixel_basis(ts, m2.dtype, m2.device)
-    total = sum(int(counts[busy[e - 1]]) * (e - s) * ts * ts for s, e in groups)
+    total = int(counts.sum()) * ts * ts
     use_ckpt = torch.is_grad_enabled() and total > _CHECKPOINT_ELEMENTS
     outs, ids = [], []
-    for s, e in groups:
-        tiles_g = busy[s:e]
-        L = int(counts[tiles_g[-1]])
+    per_group = max(1, _GROUP_ELEMENTS // (_DEPTH_CHUNK * ts * ts))
+    for s0 in range(0, busy.numel(), per_group):
+        tiles_g = busy[s0:s0 + per_group]
         with torch.no_grad():
-            slot = torch.arange(L, device=tile.device)
-            valid = slot[None, :] < counts[tiles_g][:, None]
-            idx = torch.where(valid, starts[tiles_g][:, None] + slot[None, :], 0)
-            g = gid[idx]  # [G,L]
             local = tiles_g % (th * tw)
             origin = torch.stack([(local % tw) * ts, (local // tw) * ts], -1).to(m2.dtype)  # [G,2]
-        logop = torch.where(valid, torch.log(op[g].clamp(min=1e-30)), -1e4)
-        args = (m2[g] - origin[:, None, :], con[g], logop, ft[g], basis)
-        res = checkpoint(_composite, *args, use_reentrant=False) if use_ckpt else _composite(*args)
-        outs.append(res)
+        G = tiles_g.numel()
+        acc = feat.new_zeros(G, ts * ts, C + 1)
+        log_t = feat.new_zeros(G, ts * ts)
+        active = torch.arange(G, device=tile.device)
+        for d0 in range(0, int(counts[tiles_g[-1]]), _DEPTH_CHUNK):
+            # Front-to-back in depth chunks; tiles whose pixels are all saturated drop out
+            # early, which is where opaque scenes save most of their work.
+            with torch.no_grad():
+                slot = torch.arange(d0, d0 + _DEPTH_CHUNK, device=tile.device)
+                valid = slot[None, :] < counts[tiles_g[active]][:, None]
+                g = gid[torch.where(valid, starts[tiles_g[active]][:, None] + slot[None, :], 0)]  # [Ga,Lc]
+            logop = torch.where(valid, torch.log(op[g].clamp(min=1e-30)), -1e4)
+            args = (m2[g] - origin[active][:, None, :], con[g], logop, ft[g], basis, log_t[active])
+            res, log_t_new = checkpoint(_composite, *args, use_reentrant=False) if use_ckpt else _composite(*args)
+            acc = acc.index_add(0, active, res)
+            log_t = log_t.index_copy(0, active, log_t_new)
+            active = active[(log_t_new > math.log(T_STOP)).any(1) & valid[:, -1]]
+            if active.numel() == 0:
+                break
+        outs.append(acc)
         ids.append(tiles_g)
     canvas = feat.new_zeros(n_tiles, ts * ts, C + 1)
     if outs:
@@ -354,21 +367,9 @@ def _pixel_basis(ts: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.stack([u * u, u * v, v * v, u, v, torch.ones_like(u)])
 
 
-def _tile_groups(sorted_counts: Tensor, pixels: int) -> list[tuple[int, int]]:
-    """Split tiles (sorted by Gaussian count) into runs of at most _GROUP_ELEMENTS padded elements."""
-    groups, start = [], 0
-    counts = sorted_counts.tolist()
-    for i, c in enumerate(counts):
-        if (i + 1 - start) * c * pixels > _GROUP_ELEMENTS and i > start:
-            groups.append((start, i))
-            start = i
-    if start < len(counts):
-        groups.append((start, len(counts)))
-    return groups
-
-
-def _composite(m2: Tensor, con: Tensor, logop: Tensor, ft: Tensor, basis: Tensor) -> Tensor:
-    """Front-to-back blending of [G,L] depth-sorted Gaussians over a tile's pixels -> [G,P,C+1].
+def _composite(m2: Tensor, con: Tensor, logop: Tensor, ft: Tensor, basis: Tensor, log_t0: Tensor) -> tuple[Tensor, Tensor]:
+    """Front-to-back blending of [G,L] depth-sorted Gaussians over tiles whose pixels have
+    log-transmittance log_t0 [G,P] -> (colour/feature/alpha sums [G,P,C+1], new log_t [G,P]).
 
     m2 are centres relative to the tile origin. The Gaussian exponent is a quadratic in the
     pixel offsets (u, v), so log(alpha) for all pixels is one matmul with basis [6,P] =
@@ -384,9 +385,10 @@ def _composite(m2: Tensor, con: Tensor, logop: Tensor, ft: Tensor, basis: Tensor
     on = log_alpha >= math.log(ALPHA_MIN)
     alpha = torch.where(on, torch.exp(log_alpha), torch.zeros_like(log_alpha))
     log_t = torch.log1p(-alpha)
-    log_t_incl = torch.cumsum(log_t, 1)
+    log_t_incl = torch.cumsum(log_t, 1) + log_t0[:, None, :]
     # gsplat stops a pixel before the Gaussian that would bring T to <= 1e-4; T only
     # decreases, so "T after this Gaussian > 1e-4" selects exactly the blended prefix.
     keep = on & (log_t_incl > math.log(T_STOP))
     w = torch.where(keep, torch.exp(log_alpha + log_t_incl - log_t), torch.zeros_like(alpha))  # [G,L,P]
-    return torch.bmm(w.transpose(1, 2), ft)  # [G,P,C+1]; ft's last channel is 1 -> alpha
+    log_t_end = log_t0 + torch.where(keep, log_t, torch.zeros_like(log_t)).sum(1)
+    return torch.bmm(w.transpose(1, 2), ft), log_t_end  # [G,P,C+1]; ft's last channel is 1 -> alpha
