@@ -289,9 +289,9 @@ def _rasterize_torch(means, quats, scales, opacities, feats, viewmats, Ks, width
     n_tiles = B * th * tw
     with torch.no_grad():
         gid, tile = _intersections(proj, ts, tw, th)
-        order = torch.argsort(depth.reshape(-1)[gid], stable=True)  # front to back ...
-        gid, tile = gid[order], tile[order]
-        order = torch.argsort(tile, stable=True)  # ... within each tile
+        rank = torch.empty(B * N, dtype=torch.long, device=gid.device)
+        rank[torch.argsort(depth.detach().reshape(-1))] = torch.arange(B * N, device=gid.device)
+        order = torch.argsort(tile * (B * N) + rank[gid])  # by tile, front to back within a tile
         gid, tile = gid[order], tile[order]
         counts = torch.bincount(tile, minlength=n_tiles)
         starts = torch.cumsum(counts, 0) - counts
@@ -299,8 +299,10 @@ def _rasterize_torch(means, quats, scales, opacities, feats, viewmats, Ks, width
         busy = busy[torch.argsort(counts[busy])]  # similar lengths share a group: little padding
     flat = lambda x: x.reshape(B * N, *x.shape[2:])  # noqa: E731
     ones = torch.ones_like(depth)[..., None]  # composited to alpha by the same matmul
-    m2, con, op = flat(proj.means2d), flat(proj.conics), flat(opacities)
-    ft = flat(torch.cat([feat, ones], -1))
+    # one gather per chunk: centre (2), conic (3), log-opacity (1), features + 1
+    logop_all = torch.log(opacities.clamp(min=1e-30))[..., None]
+    packed = flat(torch.cat([proj.means2d, proj.conics, logop_all, feat, ones], -1))
+    m2 = packed[:, :2]
     basis = _pixel_basis(ts, m2.dtype, m2.device)
     total = int(counts.sum()) * ts * ts
     use_ckpt = torch.is_grad_enabled() and total > _CHECKPOINT_ELEMENTS
@@ -322,11 +324,15 @@ def _rasterize_torch(means, quats, scales, opacities, feats, viewmats, Ks, width
                 slot = torch.arange(d0, d0 + _DEPTH_CHUNK, device=tile.device)
                 valid = slot[None, :] < counts[tiles_g[active]][:, None]
                 g = gid[torch.where(valid, starts[tiles_g[active]][:, None] + slot[None, :], 0)]  # [Ga,Lc]
-            logop = torch.where(valid, torch.log(op[g].clamp(min=1e-30)), -1e4)
-            args = (m2[g] - origin[active][:, None, :], con[g], logop, ft[g], basis, log_t[active])
+            pk = packed[g]
+            logop = torch.where(valid, pk[..., 5], -1e4)
+            args = (pk[..., :2] - origin[active][:, None, :], pk[..., 2:5], logop, pk[..., 6:], basis, log_t[active])
             res, log_t_new = checkpoint(_composite, *args, use_reentrant=False) if use_ckpt else _composite(*args)
-            acc = acc.index_add(0, active, res)
-            log_t = log_t.index_copy(0, active, log_t_new)
+            if active.numel() == G:
+                acc, log_t = acc + res, log_t_new
+            else:  # dense scatter of the still-active tiles (index_add is slow on CPU)
+                acc = acc + torch.zeros_like(acc).index_copy(0, active, res)
+                log_t = log_t.index_copy(0, active, log_t_new)
             active = active[(log_t_new > math.log(T_STOP)).any(1) & valid[:, -1]]
             if active.numel() == 0:
                 break
@@ -383,12 +389,12 @@ def _composite(m2: Tensor, con: Tensor, logop: Tensor, ft: Tensor, basis: Tensor
     )
     log_alpha = torch.matmul(coef, basis).clamp(max=math.log(ALPHA_MAX))  # [G,L,P]
     on = log_alpha >= math.log(ALPHA_MIN)
-    alpha = torch.where(on, torch.exp(log_alpha), torch.zeros_like(log_alpha))
+    alpha = torch.where(on, torch.exp(log_alpha), 0.0)
     log_t = torch.log1p(-alpha)
     log_t_incl = torch.cumsum(log_t, 1) + log_t0[:, None, :]
     # gsplat stops a pixel before the Gaussian that would bring T to <= 1e-4; T only
     # decreases, so "T after this Gaussian > 1e-4" selects exactly the blended prefix.
     keep = on & (log_t_incl > math.log(T_STOP))
-    w = torch.where(keep, torch.exp(log_alpha + log_t_incl - log_t), torch.zeros_like(alpha))  # [G,L,P]
-    log_t_end = log_t0 + torch.where(keep, log_t, torch.zeros_like(log_t)).sum(1)
+    w = torch.where(keep, torch.exp(log_alpha + log_t_incl - log_t), 0.0)  # [G,L,P]
+    log_t_end = log_t0 + torch.where(keep, log_t, 0.0).sum(1)
     return torch.bmm(w.transpose(1, 2), ft), log_t_end  # [G,P,C+1]; ft's last channel is 1 -> alpha
