@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 from hub_server import FakeHub
 
+pytest_plugins = ("subject_fixtures",)  # the tiny synthesized subject and its checkpoint
+
 
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch):

@@ -39,6 +39,7 @@ MOUTH_UPPER, MOUTH_LOWER = 13, 14   # MediaPipe inner-lip midpoints
 FACE_LABEL, MOUTH_LABEL = 2, 3      # dataset mask labels
 STATE_NAME = "training_state.safetensors"
 DEFAULT_ITERATIONS = {"demo": 6000, "paper": 30000}
+_DENSITY_STATS = ("grad_accum", "denom", "max_radii")  # density control's running statistics
 
 
 @dataclass
@@ -189,11 +190,15 @@ class Trainer:
         self.features = [self._clip_features(c) for c in range(len(self.data.clips))]
         self.optimizer = self._optimizer()
         self.step = 0
+        self.history: list[dict[str, float | str]] = []
+        self.train_seconds = 0.0
         if resume:
             self._load_state()
         self.batches = Batches(self.data, self.cfg.content_window, self.generator)
         self.face_density = DensityController(self.model.face, self.optimizer)
         self.mouth_density = DensityController(self.model.mouth, self.optimizer)
+        if resume:
+            self._load_density()
 
     # -- set-up ---------------------------------------------------------------
     def _fresh_model(self) -> TalkingHead:
@@ -211,12 +216,9 @@ class Trainer:
         return feats[: len(self.data.clip_frames(clip))]
 
     def _optimizer(self) -> torch.optim.Adam:
-        model, groups = self.model, []
-        for name, gaussians, scale in (("face", model.face, 1.0), ("mouth", model.mouth, 1.0)):
-            lr = {"xyz": 1.6e-4 * scale, "rotation_raw": 1e-3, "scaling_raw": 5e-3, "opacity_raw": 5e-2,
-                  "sh_dc": 2.5e-3, "sh_rest": 1.25e-4}
-            for pname, param in gaussians.named_parameters():
-                groups.append({"params": [param], "lr": lr[pname], "name": f"{name}.{pname}"})
+        model, extent = self.model, self._extent()
+        groups = model.face.param_groups(prefix="face.", extent=extent) + \
+            model.mouth.param_groups(prefix="mouth.", extent=extent)
         for name in ("prior", "emotion", "face_net", "mouth_net"):
             groups.append({"params": list(getattr(model, name).parameters()), "lr": 1e-3, "name": name})
         return torch.optim.Adam(groups, eps=1e-15)
@@ -276,7 +278,7 @@ class Trainer:
             ce = ce + F.cross_entropy(out["audio_logits"], cond.emotion) + F.cross_entropy(out["visual_logits"], cond.emotion)
         sync = expert.loss(torch.cat(audio_emb), torch.cat(mouth_emb))
         ce = ce / windows
-        return sync + ce, {"sync": float(sync), "emotion_ce": float(ce)}
+        return sync + ce, {"sync": sync.item(), "emotion_ce": ce.item()}
 
     def _render_loss(self, batch: dict[str, Tensor], cond: Conditioning, phase: str
                      ) -> tuple[Tensor, dict[str, float], object]:
@@ -337,15 +339,17 @@ class Trainer:
         xyz = self.model.face.xyz.detach()
         return float((xyz - xyz.mean(0)).norm(dim=-1).max())
 
-    def run(self) -> Path:
+    def run(self, until: int | None = None) -> Path:
+        """Train to ``until`` (default: the end), saving along the way and at the stop."""
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
+        end = min(until or self.total, self.total)
         writer = SummaryWriter(str(self.out / "runs"))
-        started = time.perf_counter()
+        last = time.perf_counter()
         bar = tqdm(total=self.total, initial=self.step, desc="train", unit="it")
         stats: dict[str, float] = {}
-        while self.step < self.total:
+        while self.step < end:
             phase = self.phase(self.step)
             self.optimizer.zero_grad(set_to_none=True)
             if phase == "priors":
@@ -361,7 +365,10 @@ class Trainer:
             if out is not None:
                 self._densify(out, phase)
             self.step += 1
+            now = time.perf_counter()
+            self.train_seconds, last = self.train_seconds + now - last, now
             stats["loss"] = float(loss)
+            self.history.append({"step": self.step, "phase": phase, **stats})
             if self.step % self.opt.log_every == 0 or self.step == self.total:
                 for key, value in stats.items():
                     writer.add_scalar(f"{phase}/{key}", value, self.step)
@@ -369,12 +376,10 @@ class Trainer:
                 bar.set_postfix(phase=phase, loss=f"{stats['loss']:.4f}",
                                 **({"psnr": f"{stats['psnr']:.2f}"} if "psnr" in stats else {}))
             bar.update(1)
-            if self.step % self.opt.save_every == 0 or self.step == self.total:
+            if self.step % self.opt.save_every == 0 or self.step == end:
                 self.save()
         bar.close()
         writer.close()
-        self.last_stats = stats
-        self.train_seconds = time.perf_counter() - started
         return self.out
 
     # -- checkpoints ----------------------------------------------------------
@@ -390,10 +395,11 @@ class Trainer:
             for key, value in slots.items():
                 tensors[f"optim/{index}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
         for name, density in (("face", self.face_density), ("mouth", self.mouth_density)):
-            for key, value in density.state_tensors().items():
-                tensors[f"density/{name}/{key}"] = value.detach().cpu().contiguous()
+            for key in _DENSITY_STATS:
+                tensors[f"density/{name}/{key}"] = getattr(density, key).detach().cpu().contiguous()
         groups = [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]
         meta = {"step": str(self.step), "total": str(self.total), "options": json.dumps(asdict(self.opt)),
+                "train_seconds": str(self.train_seconds),
                 "param_groups": json.dumps(groups)}
         tmp = self.out / (STATE_NAME + ".tmp")
         save_file(tensors, str(tmp), metadata=meta)
@@ -407,6 +413,7 @@ class Trainer:
             meta = handle.metadata()
         tensors = load_file(str(path))
         self.step = int(meta["step"])
+        self.train_seconds = float(meta["train_seconds"])
         groups = json.loads(meta["param_groups"])
         state: dict[int, dict[str, Tensor]] = {}
         for key, value in tensors.items():
@@ -423,6 +430,11 @@ class Trainer:
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
         self._density_state = {k: v for k, v in tensors.items() if k.startswith("density/")}
 
+    def _load_density(self) -> None:
+        for name, density in (("face", self.face_density), ("mouth", self.mouth_density)):
+            for key in _DENSITY_STATS:
+                setattr(density, key, self._density_state[f"density/{name}/{key}"].to(self.device))
+
 
 def train(data: str | Path, out: str | Path, options: TrainOptions | None = None) -> Path:
     """The ``ua3dtalk train`` command: train (or resume) and evaluate on held-out clips."""
@@ -432,7 +444,7 @@ def train(data: str | Path, out: str | Path, options: TrainOptions | None = None
     trainer = Trainer(data, out, options)
     trainer.run()
     report = evaluate_model(trainer.model, data, split="heldout", size=trainer.data.size)
-    report["train_seconds"] = round(getattr(trainer, "train_seconds", 0.0), 1)
+    report["train_seconds"] = round(trainer.train_seconds, 1)
     report["iterations"] = trainer.total
     report["device"] = str(trainer.device) if trainer.device.type != "cuda" else torch.cuda.get_device_name(trainer.device)
     (Path(out) / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
