@@ -19,7 +19,7 @@ from ua3dtalk.render import available_backends, rasterize
 SIZES = (10_000, 50_000, 200_000)
 RESOLUTIONS = (256, 512)
 # Torch backend on CPU: larger N x pixels takes minutes per pass; skipped and said so.
-CPU_MAX_WORK = 50_000 * 256 * 256
+CPU_MAX_WORK = 200_000 * 256 * 256
 
 
 def scene(n: int, res: int, device: str, seed: int = 0) -> dict:
