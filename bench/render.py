@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 
 import torch
@@ -19,7 +20,7 @@ from ua3dtalk.render import available_backends, rasterize
 SIZES = (10_000, 50_000, 200_000)
 RESOLUTIONS = (256, 512)
 # Torch backend on CPU: larger N x pixels takes minutes per pass; skipped and said so.
-CPU_MAX_WORK = 200_000 * 256 * 256
+CPU_MAX_WORK = 200_000 * 512 * 512
 
 
 def scene(n: int, res: int, device: str, seed: int = 0) -> dict:
@@ -35,15 +36,18 @@ def scene(n: int, res: int, device: str, seed: int = 0) -> dict:
 
 
 def time_ms(fn, device: str, repeats: int) -> float:
+    """Median wall time of `repeats` calls (median: the CPU figures come from shared machines)."""
     fn()  # warm-up (and gsplat's first-call setup)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
         fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / repeats * 1e3
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
 
 
 def bench(backend: str, device: str, n: int, res: int, repeats: int) -> tuple[float, float, float]:
@@ -68,7 +72,7 @@ def bench(backend: str, device: str, n: int, res: int, repeats: int) -> tuple[fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cpu-only", action="store_true")
-    ap.add_argument("--repeats", type=int, default=0, help="timed passes (default 20 on CUDA, 2 on CPU)")
+    ap.add_argument("--repeats", type=int, default=0, help="timed passes (default 20 on CUDA, 3 on CPU)")
     args = ap.parse_args()
     rows = []
     cuda = torch.cuda.is_available() and not args.cpu_only
@@ -85,7 +89,7 @@ def main() -> None:
         if n * r * r > CPU_MAX_WORK:
             rows.append((cpu, n, r, None, None, None))
             continue
-        f, fb, cov = bench("torch", "cpu", n, r, args.repeats or 2)
+        f, fb, cov = bench("torch", "cpu", n, r, args.repeats or 3)
         rows.append((cpu, n, r, f, fb, cov))
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {threads} CPU threads\n")
     print("| backend | Gaussians | image | forward ms | forward+backward ms | mean alpha |")
