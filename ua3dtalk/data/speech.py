@@ -80,6 +80,12 @@ class _Engine:
 
     @classmethod
     def lib(cls) -> tuple[ctypes.CDLL, int]:
+        """The library, freshly initialised: espeak-ng carries state from one utterance to the
+        next (output differs by a few samples), so each utterance starts from a clean engine."""
+        if cls._lib is not None:
+            cls._lib.espeak_Terminate()
+            cls._sample_rate = cls._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 200, None,
+                                                          _INIT_PHONEME_EVENTS | _INIT_PHONEME_IPA | _INIT_DONT_EXIT)
         if cls._lib is None:
             lib = None
             for name in (*_LIB_NAMES, ctypes.util.find_library("espeak-ng")):
@@ -140,7 +146,8 @@ def speak(text: str, prosody: Prosody = Prosody(), voice: str = "en-us") -> Spee
         data = text.encode("utf-8") + b"\0"
         if lib.espeak_Synth(data, len(data), 0, 1, 0, _CHARS_UTF8, None, None) != 0:
             raise RuntimeError(f"espeak-ng could not synthesize {text!r}")
-        lib.espeak_Synchronize()
+        # no espeak_Synchronize(): in synchronous mode espeak_Synth has finished when it
+        # returns, and Synchronize can spin forever waiting on an audio device that is not used
     audio = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
     duration = len(audio) / sample_rate
     bounds = sorted({t for kind, t, _ in marks if kind in (_EVENT_PHONEME, _EVENT_WORD, _EVENT_END, _EVENT_MSG_TERMINATED)} | {duration})
