@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import multiprocessing
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,12 +82,7 @@ class _Engine:
 
     @classmethod
     def lib(cls) -> tuple[ctypes.CDLL, int]:
-        """The library, freshly initialised: espeak-ng carries state from one utterance to the
-        next (output differs by a few samples), so each utterance starts from a clean engine."""
-        if cls._lib is not None:
-            cls._lib.espeak_Terminate()
-            cls._sample_rate = cls._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 200, None,
-                                                          _INIT_PHONEME_EVENTS | _INIT_PHONEME_IPA | _INIT_DONT_EXIT)
+        """The library, initialised once per process."""
         if cls._lib is None:
             lib = None
             for name in (*_LIB_NAMES, ctypes.util.find_library("espeak-ng")):
@@ -115,11 +112,21 @@ class _Engine:
 def speak(text: str, prosody: Prosody = Prosody(), voice: str = "en-us") -> Speech:
     """Synthesize ``text`` and return its audio and phoneme spans.
 
-    A phoneme ends where the next event (phoneme, word or sentence end) starts;
-    espeak-ng reports pauses as the phonemes "_" / "" which are dropped.
+    espeak-ng carries state from one utterance to the next (the output differs by
+    a few samples), and re-initialising it in-process can deadlock in
+    ``espeak_Terminate``; so each utterance is synthesized by a fresh engine in a
+    short-lived child process, which makes the output depend on its inputs alone.
     """
     if not text.strip():
         raise ValueError("cannot speak an empty sentence")
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:  # one task: a fresh engine
+        return pool.submit(_speak_here, text, prosody, voice).result()
+
+
+def _speak_here(text: str, prosody: Prosody, voice: str) -> Speech:
+    """Synthesize in this process. A phoneme ends where the next event (phoneme,
+    word or sentence end) starts; pauses ("_" / "") are dropped."""
     with _Engine._lock:
         lib, sample_rate = _Engine.lib()
         chunks: list[np.ndarray] = []
