@@ -109,6 +109,14 @@ class _Engine:
         return cls._lib, cls._sample_rate
 
 
+def _seed_libc() -> None:
+    """espeak-ng draws from the C library's shared random generator (voice jitter), which
+    other libraries in the process also advance; seeding it makes an utterance repeatable."""
+    libc = ctypes.CDLL(None)
+    libc.srand(0)
+    libc.srandom(0)
+
+
 def speak(text: str, prosody: Prosody = Prosody(), voice: str = "en-us") -> Speech:
     """Synthesize ``text`` and return its audio and phoneme spans.
 
@@ -150,6 +158,7 @@ def _speak_here(text: str, prosody: Prosody, voice: str) -> Speech:
         for param, value in ((_RATE, prosody.rate), (_PITCH, prosody.pitch), (_RANGE, prosody.pitch_range),
                              (_VOLUME, prosody.volume)):
             lib.espeak_SetParameter(param, int(value), 0)
+        _seed_libc()
         data = text.encode("utf-8") + b"\0"
         if lib.espeak_Synth(data, len(data), 0, 1, 0, _CHARS_UTF8, None, None) != 0:
             raise RuntimeError(f"espeak-ng could not synthesize {text!r}")
