@@ -31,6 +31,17 @@ FACE_LABEL, MOUTH_LABEL = 2, 3
 MIN_FRECHET_SAMPLES = 8
 
 
+def _landmarks_or_none(frames: np.ndarray) -> np.ndarray | None:
+    """MediaPipe landmarks of rendered frames, or None where MediaPipe is not
+    installed (e.g. a training-only GPU machine): the landmark metrics are then
+    reported as unavailable rather than failing the whole evaluation."""
+    try:
+        import mediapipe  # noqa: F401
+    except ImportError:
+        return None
+    return detect_landmarks(frames)
+
+
 @torch.no_grad()
 def render_clip(model: TalkingHead, data: SubjectDataset, clip: int, features: torch.Tensor,
                 fusion: str | None, batch_size: int = 8) -> tuple[np.ndarray, float]:
@@ -121,23 +132,41 @@ def evaluate_model(model: TalkingHead, data_dir: str | Path, split: str = "heldo
         value, lpips_note = lpips_or_none(pred_t, gt_t)
         if value is not None:
             lpips_values.append(value.cpu().numpy())
-        pred_marks = detect_landmarks(frames)
         offset, confidence = _sync(model, features, frames, gt_marks)
         emotion = data.clips[clip].emotion
-        per_clip.append({
-            "clip": data.clips[clip].name, "emotion": emotion, "level": data.clips[clip].level,
-            "psnr": float(np.mean(clip_psnr)), "ssim": float(np.mean(clip_ssim)),
-            "lmd_mouth": landmark_distance(pred_marks, gt_marks, MOUTH),
-            "mouth_open_corr": pearson(mouth_opening(pred_marks), mouth_opening(gt_marks)),
-            "sync_offset": offset, "sync_confidence": confidence,
-        })
+        row = {"clip": data.clips[clip].name, "emotion": emotion, "level": data.clips[clip].level,
+               "psnr": float(np.mean(clip_psnr)), "ssim": float(np.mean(clip_ssim)),
+               "sync_offset": offset, "sync_confidence": confidence}
+        pred_marks = _landmarks_or_none(frames)
+        if pred_marks is not None:
+            row["lmd_mouth"] = landmark_distance(pred_marks, gt_marks, MOUTH)
+            row["mouth_open_corr"] = pearson(mouth_opening(pred_marks), mouth_opening(gt_marks))
+            all_pred.append(pred_marks)
+        per_clip.append(row)
         psnrs.append(clip_psnr)
         ssims.append(clip_ssim)
-        all_pred.append(pred_marks)
         all_true.append(gt_marks)
         emotions_true.append(np.full(len(frames), EMOTIONS.index(emotion)))
-    pred_marks, true_marks = np.concatenate(all_pred), np.concatenate(all_true)
-    labels = np.concatenate(emotions_true)
+    report = {
+        "split": split, "frames": n_frames, "size": data.size, "fusion": fusion or model.cfg.fusion,
+        "psnr": float(np.mean(np.concatenate(psnrs))), "ssim": float(np.mean(np.concatenate(ssims))),
+        "lpips": float(np.mean(np.concatenate(lpips_values))) if lpips_values else None,
+        "lpips_note": lpips_note or None,
+        "sync_confidence": float(np.nanmean([c["sync_confidence"] for c in per_clip])),
+        "render_fps": n_frames / max(render_seconds, 1e-9),
+    }
+    labels, true_marks = np.concatenate(emotions_true), np.concatenate(all_true)
+    if all_pred:
+        report.update(_landmark_metrics(np.concatenate(all_pred), true_marks, labels, classifier, train_feats))
+    else:
+        report["landmark_note"] = "landmark metrics (LMD, mouth opening, emotion) skipped: MediaPipe is not installed"
+    report["clips"] = per_clip
+    return report
+
+
+def _landmark_metrics(pred_marks: np.ndarray, true_marks: np.ndarray, labels: np.ndarray,
+                      classifier: ExpressionClassifier, train_feats: dict[int, np.ndarray]) -> dict:
+    """Lip-sync and emotion metrics from landmarks of renders vs ground truth."""
     pred_feats = expression_features(pred_marks)
     valid = np.isfinite(pred_feats).all(1)
     frechet = {}
@@ -146,23 +175,15 @@ def evaluate_model(model: TalkingHead, data_dir: str | Path, split: str = "heldo
         reference = train_feats.get(int(e))
         if reference is not None and len(rendered) >= MIN_FRECHET_SAMPLES and len(reference) >= MIN_FRECHET_SAMPLES:
             frechet[EMOTIONS[int(e)]] = frechet_distance(rendered, reference)
-    report = {
-        "split": split, "frames": n_frames, "size": data.size, "fusion": fusion or model.cfg.fusion,
-        "psnr": float(np.mean(np.concatenate(psnrs))), "ssim": float(np.mean(np.concatenate(ssims))),
-        "lpips": float(np.mean(np.concatenate(lpips_values))) if lpips_values else None,
-        "lpips_note": lpips_note or None,
+    return {
         "lmd_mouth": landmark_distance(pred_marks, true_marks, MOUTH),
         "mouth_open_corr": pearson(mouth_opening(pred_marks), mouth_opening(true_marks)),
-        "sync_confidence": float(np.nanmean([c["sync_confidence"] for c in per_clip])),
         "emotion_accuracy": classifier.accuracy(pred_feats[valid], labels[valid]) if valid.any() else None,
         "emotion_accuracy_ground_truth": classifier.accuracy(expression_features(true_marks), labels),
         "expression_frechet": frechet,
         "expression_frechet_mean": float(np.mean(list(frechet.values()))) if frechet else None,
-        "render_fps": n_frames / max(render_seconds, 1e-9),
         "face_detected": float(valid.mean()),
-        "clips": per_clip,
     }
-    return report
 
 
 def evaluate_subject(subject: str, data: str | Path, out: str | Path, fusion: str | None = None,

@@ -92,15 +92,6 @@ class Batches:
         return list(frames[first:first + self.window])
 
 
-def _stack(data: SubjectDataset, indices: list[int], device: torch.device) -> dict[str, Tensor]:
-    items = [data[i] for i in indices]
-    batch = {}
-    for key in items[0]:
-        values = [torch.as_tensor(item[key]) for item in items]
-        batch[key] = torch.stack(values).to(device)
-    return batch
-
-
 def face_crops(images: Tensor, landmarks: Tensor, size: int = 128) -> Tensor:
     """Square crops around the landmarks' bounding box: [B,3,H,W] -> [B,3,size,size]."""
     lo, hi = landmarks.min(1).values, landmarks.max(1).values
@@ -188,6 +179,7 @@ class Trainer:
         self.extractor = audio_io.get_extractor(self.cfg.audio_features, device=str(self.device))
         audio_io.check_features(self.cfg.audio_features, self.cfg.audio_dim, self.extractor)
         self.features = [self._clip_features(c) for c in range(len(self.data.clips))]
+        self.table = self.data.stacked(self.device)
         self.optimizer = self._optimizer()
         self.step = 0
         self.history: list[dict[str, float | str]] = []
@@ -205,9 +197,8 @@ class Trainer:
         model = TalkingHead(self.cfg).to(self.device)
         face_p, face_c, mouth_p, mouth_c = initial_geometry(self.data, self.opt.face_points,
                                                             self.opt.mouth_points, self.generator)
-        viewmats = torch.stack([torch.as_tensor(self.data[i]["viewmat"]) for i in range(len(self.data))])
-        eye = torch.as_tensor([float(self.data[i]["eye"]) for i in range(len(self.data))])
-        model.init_subject(face_p, mouth_p, self.data.background, self.data.K, viewmats, eye, face_c, mouth_c)
+        model.init_subject(face_p, mouth_p, self.data.background, self.data.K, self.data.viewmats,
+                           torch.from_numpy(self.data.eye), face_c, mouth_c)
         return model.train()
 
     def _clip_features(self, clip: int) -> Tensor:
@@ -253,8 +244,9 @@ class Trainer:
 
     # -- steps ----------------------------------------------------------------
     def _batch(self) -> tuple[dict[str, Tensor], Conditioning]:
-        indices = self.batches.draw()
-        batch = _stack(self.data, indices, self.device)
+        indices = torch.tensor(self.batches.draw(), device=self.device)
+        batch = {key: value[indices] for key, value in self.table.items()}
+        batch["image"] = batch["image"].float() / 255
         clip = int(batch["clip"][0])
         images = batch["image"].float()
         crops = face_crops(images, batch["landmarks"].float())
@@ -309,7 +301,7 @@ class Trainer:
         loss = loss + o.sync_weight * sync + o.distill_weight * distill + o.nll_weight * nll + o.deform_weight * deform
         with torch.no_grad():
             quality = float(psnr(pred.clamp(0, 1), target).mean())
-        stats = {"l1": float(l1), "sync": float(sync), "distill": float(distill), "nll": float(nll),
+        stats = {"l1": l1.item(), "sync": sync.item(), "distill": distill.item(), "nll": nll.item(),
                  "psnr": quality, "stage": stage}
         return loss, stats, out
 
@@ -366,8 +358,8 @@ class Trainer:
                 self._densify(out, phase)
             self.step += 1
             now = time.perf_counter()
+            stats["loss"], stats["seconds"] = loss.detach().item(), now - last
             self.train_seconds, last = self.train_seconds + now - last, now
-            stats["loss"] = float(loss)
             self.history.append({"step": self.step, "phase": phase, **stats})
             if self.step % self.opt.log_every == 0 or self.step == self.total:
                 for key, value in stats.items():
@@ -422,7 +414,7 @@ class Trainer:
                 state.setdefault(int(index), {})[slot] = value.to(self.device) if slot != "step" else value
         current = self.optimizer.state_dict()
         for group, saved in zip(current["param_groups"], groups):
-            group.update({k: v for k, v in saved.items() if k != "params"})
+            group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k != "params"})
         self.optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
         torch.set_rng_state(tensors["rng/torch"])
         self.generator.set_state(tensors["rng/batches"])
