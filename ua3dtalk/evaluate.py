@@ -113,7 +113,6 @@ def evaluate_model(model: TalkingHead, data_dir: str | Path, split: str = "heldo
         raise ValueError(f"{data_dir} has no {split} frames to evaluate")
     extractor = audio_io.get_extractor(model.cfg.audio_features, device=str(device))
     audio_io.check_features(model.cfg.audio_features, model.cfg.audio_dim, extractor)
-    classifier, train_feats = _expression_classifier(Path(data_dir), size)
     per_clip, psnrs, ssims, lpips_values = [], [], [], []
     all_pred, all_true, emotions_true, render_seconds, n_frames = [], [], [], 0.0, 0
     lpips_note = ""
@@ -157,6 +156,7 @@ def evaluate_model(model: TalkingHead, data_dir: str | Path, split: str = "heldo
     }
     labels, true_marks = np.concatenate(emotions_true), np.concatenate(all_true)
     if all_pred:
+        classifier, train_feats = _expression_classifier(Path(data_dir), size)
         report.update(_landmark_metrics(np.concatenate(all_pred), true_marks, labels, classifier, train_feats))
     else:
         report["landmark_note"] = "landmark metrics (LMD, mouth opening, emotion) skipped: MediaPipe is not installed"
