@@ -158,7 +158,7 @@ def _report(result: Any, size: int, encode_s: float, emotion: str, fusion: str) 
     total = t["total"] + encode_s
     return "\n".join([
         f"**Device:** {result.device} · **resolution** {size} px · **{len(result.frames)} frames** "
-        f"({seconds:.1f} s of audio at {result.fps} fps) · **fusion** {fusion}",
+        f"({seconds:.1f} s of audio at {result.fps} fps) · **fusion** {fusion}  ",
         f"**Emotion used:** {_emotion_summary(emotion, result.emotions)}",
         "",
         "| step | seconds |", "| --- | ---: |",
@@ -264,11 +264,11 @@ def build(app: App | None = None) -> gr.Blocks:
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3):
                 with gr.Row():
-                    video = gr.Video(label="Talking face", buttons=["download"], elem_id="result-video")
+                    video = gr.Video(label="Talking face", buttons=["download"], elem_id="result-video", scale=2)
                     heat_video = gr.Video(label="Uncertainty heatmaps (rows: kind, columns: view)",
-                                          buttons=["download"], elem_id="heat-video")
-                gallery = gr.Gallery(label="Key frames", columns=3, height="auto",
-                                     buttons=["download", "fullscreen"])
+                                          buttons=["download"], elem_id="heat-video", scale=3)
+                gallery = gr.Gallery(label="Key frames: rendered frame beside its heatmaps", columns=2,
+                                     height="auto", object_fit="contain", buttons=["download", "fullscreen"])
                 plot = gr.Plot(label="Uncertainty over time")
                 report = gr.Markdown(elem_id="report")
         inputs = [subject, audio, emotion, intensity, fusion, resolution]
