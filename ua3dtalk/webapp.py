@@ -265,7 +265,7 @@ def build(app: App | None = None) -> gr.Blocks:
             with gr.Column(scale=3):
                 with gr.Row():
                     video = gr.Video(label="Talking face", buttons=["download"], elem_id="result-video", scale=2)
-                    heat_video = gr.Video(label="Uncertainty heatmaps (rows: kind, columns: view)",
+                    heat_video = gr.Video(label="Uncertainty heatmaps",
                                           buttons=["download"], elem_id="heat-video", scale=3)
                 gallery = gr.Gallery(label="Key frames: rendered frame beside its heatmaps", columns=2,
                                      height="auto", object_fit="contain", buttons=["download", "fullscreen"])
