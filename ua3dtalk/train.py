@@ -174,12 +174,14 @@ class Trainer:
         else:
             self.cfg = replace(preset(options.preset), fusion=options.fusion, codebooks=options.codebooks,
                                image_size=self.data.size)
+            self.table = self.data.stacked(self.device)
             self.model = self._fresh_model()
         self.total = options.iterations or DEFAULT_ITERATIONS[self.cfg.preset]
         self.extractor = audio_io.get_extractor(self.cfg.audio_features, device=str(self.device))
         audio_io.check_features(self.cfg.audio_features, self.cfg.audio_dim, self.extractor)
         self.features = [self._clip_features(c) for c in range(len(self.data.clips))]
-        self.table = self.data.stacked(self.device)
+        if resume:
+            self.table = self.data.stacked(self.device)
         self.optimizer = self._optimizer()
         self.step = 0
         self.history: list[dict[str, float | str]] = []
@@ -197,9 +199,22 @@ class Trainer:
         model = TalkingHead(self.cfg).to(self.device)
         face_p, face_c, mouth_p, mouth_c = initial_geometry(self.data, self.opt.face_points,
                                                             self.opt.mouth_points, self.generator)
-        model.init_subject(face_p, mouth_p, self.data.background, self.data.K, self.data.viewmats,
+        model.init_subject(face_p, mouth_p, self._person_plate(), self.data.K, self.data.viewmats,
                            torch.from_numpy(self.data.eye), face_c, mouth_c)
         return model.train()
+
+    def _person_plate(self, samples: int = 240) -> Tensor:
+        """The static part of the picture (background, hair, torso): the per-pixel
+        median of training frames outside the head; where the head always covers
+        a pixel, the dataset's clean background plate. The Gaussians then model
+        the head alone, which is what moves."""
+        table = self.table
+        pick = torch.linspace(0, len(table["image"]) - 1, min(samples, len(table["image"]))).long()
+        images = table["image"][pick.to(table["image"].device)].float() / 255
+        head = (table["mask"][pick.to(table["mask"].device)] >= FACE_LABEL)[:, None].expand_as(images)
+        plate = images.masked_fill(head, float("nan")).nanmedian(dim=0).values
+        fallback = self.data.background.to(plate.device)
+        return torch.where(torch.isnan(plate), fallback, plate).cpu()
 
     def _clip_features(self, clip: int) -> Tensor:
         wav, _ = self.data.audio(clip)
