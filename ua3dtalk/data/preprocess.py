@@ -183,7 +183,9 @@ def _decode_clip(v: _Video, frames_dir: Path, size: int, n_samples: int) -> _Cli
     interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
     lms, person, samples = [], [], []
     frames_dir.mkdir(parents=True)
-    with lmk.FaceMeshTracker() as mesh, lmk.PersonSegmenter() as seg:
+    # per-frame detection (no tracking) on the crops: measured more accurate on
+    # synthesized video with known landmarks (1.9 vs 2.3 px), jitter is smoothed later
+    with lmk.FaceMeshTracker(video=False) as mesh, lmk.PersonSegmenter() as seg:
         for i, f in enumerate(tqdm(_frames(v.path), total=n, desc=f"{v.name}: crop, mesh, masks", unit="fr")):
             if i >= n:
                 break
