@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ua3dtalk.config import EMOTIONS
-from ua3dtalk.data import face_regions as R
+from ua3dtalk.data import landmarks as lmk
 from ua3dtalk.data import sentences
 from ua3dtalk.data.expressions import FacePose, FaceRig
 from ua3dtalk.data.face_warp import load_portrait
@@ -76,7 +76,7 @@ def test_lips_close_on_bilabials_and_open_on_vowels(subject):
     gaps, classes = [], []
     for clip in read_subject(subject)["clips"]:
         truth = ClipTruth.load(subject / "truth" / f"{clip.name}.npz")
-        gap = truth.landmarks[:, R.LOWER_LIP_CENTER, 1] - truth.landmarks[:, R.UPPER_LIP_CENTER, 1]
+        gap = truth.landmarks[:, lmk.LOWER_LIP_CENTER, 1] - truth.landmarks[:, lmk.UPPER_LIP_CENTER, 1]
         gaps.append(gap)
         classes += [phoneme_class(p) for p in truth.phoneme]
     gap, classes = np.concatenate(gaps), np.array(classes)
@@ -93,10 +93,10 @@ def test_emotions_differ_from_neutral_in_expected_regions(rig):
         return float(((pts[list(idx)] - base[list(idx)]) @ up).mean())
 
     pts = {e: rig.landmarks(FacePose(emotion=e, level=3)) for e in EMOTIONS}
-    brows, corners = R.RIGHT_BROW + R.LEFT_BROW, (61, 291)
+    brows, corners = lmk.RIGHT_BROW + lmk.LEFT_BROW, (61, 291)
     width = lambda p: float(np.linalg.norm(p[61] - p[291]))  # noqa: E731
-    assert rise(pts["happy"], corners) > 2 and rise(pts["happy"], R.RIGHT_CHEEK + R.LEFT_CHEEK) > 1
-    assert rise(pts["sad"], corners) < -2 and rise(pts["sad"], R.BROW_INNER) > 2
+    assert rise(pts["happy"], corners) > 2 and rise(pts["happy"], lmk.RIGHT_CHEEK + lmk.LEFT_CHEEK) > 1
+    assert rise(pts["sad"], corners) < -2 and rise(pts["sad"], lmk.BROW_INNER) > 2
     assert rise(pts["surprised"], brows) > 3 and pts["surprised"][14, 1] - base[14, 1] > 2
     assert rise(pts["angry"], brows) < -2
     assert np.linalg.norm(pts["angry"][107] - pts["angry"][336]) < np.linalg.norm(base[107] - base[336]) - 1

@@ -31,24 +31,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ua3dtalk.data.landmarks import (
+    LEFT_BROW_LOWER, LEFT_BROW_UPPER, LEFT_EYE, LIPS_INNER, LIPS_OUTER, NOSE, OUTER_EYE_CORNERS, RIGHT_BROW_LOWER,
+    RIGHT_BROW_UPPER, RIGHT_EYE,
+)
+
 LPIPS_ENV = "UA3DTALK_LPIPS_WEIGHTS"
 
-# MediaPipe face-mesh landmark groups (indices of the 468-point mesh).
-MOUTH_INNER: tuple[int, ...] = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324,
-                                308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
-MOUTH_OUTER: tuple[int, ...] = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375,
-                                291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
-MOUTH: tuple[int, ...] = MOUTH_OUTER + MOUTH_INNER
-RIGHT_BROW: tuple[int, ...] = (46, 53, 52, 65, 55, 70, 63, 105, 66, 107)
-LEFT_BROW: tuple[int, ...] = (276, 283, 282, 295, 285, 300, 293, 334, 296, 336)
-RIGHT_EYE: tuple[int, ...] = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173,
-                              157, 158, 159, 160, 161, 246)
-LEFT_EYE: tuple[int, ...] = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398,
-                             384, 385, 386, 387, 388, 466)
-NOSE: tuple[int, ...] = (1, 2, 4, 5, 6, 98, 327, 168, 197, 195)
-EXPRESSION_POINTS: tuple[int, ...] = RIGHT_BROW + LEFT_BROW + RIGHT_EYE + LEFT_EYE + NOSE + MOUTH
-# Outer eye corners and cheek extremes: stable under expression, used to normalise pose and scale.
-EYE_CORNERS: tuple[int, int] = (33, 263)
+# Landmark groups of the metrics, from the shared MediaPipe groups.
+MOUTH: tuple[int, ...] = LIPS_OUTER + LIPS_INNER
+# Brows (lower row, then upper), eyes, nose, mouth. The order is the layout of
+# expression_features, which saved expression classifiers depend on.
+EXPRESSION_POINTS: tuple[int, ...] = (RIGHT_BROW_LOWER + RIGHT_BROW_UPPER + LEFT_BROW_LOWER + LEFT_BROW_UPPER
+                                      + RIGHT_EYE + LEFT_EYE + NOSE + MOUTH)
+# Cheek extremes: the face width that normalises the mouth opening.
 FACE_WIDTH: tuple[int, int] = (234, 454)
 
 
@@ -364,7 +360,7 @@ def expression_features(landmarks: np.ndarray) -> np.ndarray:
     if a.shape[1] < 468:
         raise ValueError(f"need MediaPipe face-mesh landmarks (>= 468 points); got {a.shape[1]}")
     z = a[..., 0] + 1j * a[..., 1]  # points as complex numbers: similarity = z -> s*z + c
-    left, right = z[:, EYE_CORNERS[0]], z[:, EYE_CORNERS[1]]
+    left, right = z[:, OUTER_EYE_CORNERS[0]], z[:, OUTER_EYE_CORNERS[1]]
     span = right - left
     with np.errstate(divide="ignore", invalid="ignore"):
         w = (2.0 / span)[:, None] * (z[:, EXPRESSION_POINTS] - ((left + right) / 2)[:, None])

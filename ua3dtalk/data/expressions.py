@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ua3dtalk.config import EMOTIONS
-from ua3dtalk.data import face_regions as R
+from ua3dtalk.data import landmarks as lmk
 from ua3dtalk.data.face_warp import Portrait, Warper
 from ua3dtalk.data.mouth import paint_mouth
 from ua3dtalk.data.speech import Prosody
@@ -86,11 +86,11 @@ class FaceRig:
         self.portrait = portrait
         rest = portrait.landmarks.astype(np.float64)
         self.rest = rest
-        eye_r, eye_l = rest[list(R.RIGHT_IRIS)].mean(0), rest[list(R.LEFT_IRIS)].mean(0)
+        eye_r, eye_l = rest[list(lmk.RIGHT_IRIS)].mean(0), rest[list(lmk.LEFT_IRIS)].mean(0)
         self.unit = float(np.linalg.norm(eye_l - eye_r))
         self.ax = (eye_l - eye_r) / self.unit
         self.ay = np.array([-self.ax[1], self.ax[0]])
-        self.mouth_center = 0.5 * (rest[R.UPPER_LIP_CENTER] + rest[R.LOWER_LIP_CENTER])
+        self.mouth_center = 0.5 * (rest[lmk.UPPER_LIP_CENTER] + rest[lmk.LOWER_LIP_CENTER])
         rel = (rest - self.mouth_center) / self.unit
         self.u, self.v = rel @ self.ax, rel @ self.ay
         self._lip_groups()
@@ -100,8 +100,8 @@ class FaceRig:
     # ----- geometry helpers -------------------------------------------------------
     def _vec(self, du: np.ndarray | float, dv: np.ndarray | float) -> np.ndarray:
         """Face-frame displacements (inter-ocular units) -> pixels [478, 2]."""
-        du = np.broadcast_to(np.asarray(du, np.float64), (R.N_LANDMARKS,))
-        dv = np.broadcast_to(np.asarray(dv, np.float64), (R.N_LANDMARKS,))
+        du = np.broadcast_to(np.asarray(du, np.float64), (lmk.N_LANDMARKS,))
+        dv = np.broadcast_to(np.asarray(dv, np.float64), (lmk.N_LANDMARKS,))
         return (du[:, None] * self.ax + dv[:, None] * self.ay) * self.unit
 
     def _near(self, group: tuple[int, ...] | list[int], radius: float) -> np.ndarray:
@@ -114,21 +114,21 @@ class FaceRig:
         """Split lip-region landmarks into upper and lower by the inner lip midline."""
         import cv2
 
-        outer = np.concatenate([self.rest[list(R.LIPS_UPPER_OUTER)], self.rest[list(R.LIPS_LOWER_OUTER)][::-1]])
+        outer = np.concatenate([self.rest[list(lmk.LIPS_UPPER_OUTER)], self.rest[list(lmk.LIPS_LOWER_OUTER)][::-1]])
         inside = np.array([cv2.pointPolygonTest(outer.astype(np.float32), tuple(map(float, p)), True) >= -1.0
                            for p in self.rest])
-        up_u, up_v = self.u[list(R.LIPS_UPPER_INNER)], self.v[list(R.LIPS_UPPER_INNER)]
-        lo_v = self.v[list(R.LIPS_LOWER_INNER)]
+        up_u, up_v = self.u[list(lmk.LIPS_UPPER_INNER)], self.v[list(lmk.LIPS_UPPER_INNER)]
+        lo_v = self.v[list(lmk.LIPS_LOWER_INNER)]
         order = np.argsort(up_u)
         mid = np.interp(self.u, up_u[order], (0.5 * (up_v + lo_v))[order])
         self.rest_gap = np.interp(self.u, up_u[order], (lo_v - up_v)[order])  # inner-lip gap at each u
-        corners = np.zeros(R.N_LANDMARKS, bool)
-        corners[list(R.MOUTH_CORNERS)] = True
+        corners = np.zeros(lmk.N_LANDMARKS, bool)
+        corners[list(lmk.MOUTH_CORNERS)] = True
         self.lower_lip = inside & (self.v > mid) & ~corners
         self.upper_lip = inside & (self.v <= mid) & ~corners
         self.corners = corners
         self.mid = mid
-        self.corner_u = float(np.abs(self.u[list(R.MOUTH_CORNERS)]).max())
+        self.corner_u = float(np.abs(self.u[list(lmk.MOUTH_CORNERS)]).max())
 
     def _jaw_weight(self) -> np.ndarray:
         """How much each landmark follows the jaw: lower lip 1, upper lip 0, fading sideways."""
@@ -138,8 +138,8 @@ class FaceRig:
         w[self.lower_lip] = 1.0
         w[self.upper_lip] = 0.0
         w[self.corners] = 0.45
-        eyes = list(R.RIGHT_EYE_UPPER + R.RIGHT_EYE_LOWER + R.LEFT_EYE_UPPER + R.LEFT_EYE_LOWER
-                    + R.RIGHT_IRIS + R.LEFT_IRIS)
+        eyes = list(lmk.RIGHT_EYE_UPPER + lmk.RIGHT_EYE_LOWER + lmk.LEFT_EYE_UPPER + lmk.LEFT_EYE_LOWER
+                    + lmk.RIGHT_IRIS + lmk.LEFT_IRIS)
         w[eyes] = 0.0
         return w
 
@@ -148,9 +148,9 @@ class FaceRig:
         lips = self.lower_lip | self.upper_lip | self.corners
         lip_idx = np.flatnonzero(lips)
         side = np.sign(u)
-        frozen = np.zeros(R.N_LANDMARKS, bool)  # eyes and lips are moved only by their own actions
-        frozen[list(R.RIGHT_EYE_UPPER + R.RIGHT_EYE_LOWER + R.LEFT_EYE_UPPER + R.LEFT_EYE_LOWER
-                    + R.RIGHT_IRIS + R.LEFT_IRIS + R.RIGHT_EYE_CORNERS + R.LEFT_EYE_CORNERS)] = True
+        frozen = np.zeros(lmk.N_LANDMARKS, bool)  # eyes and lips are moved only by their own actions
+        frozen[list(lmk.RIGHT_EYE_UPPER + lmk.RIGHT_EYE_LOWER + lmk.LEFT_EYE_UPPER + lmk.LEFT_EYE_LOWER
+                    + lmk.RIGHT_IRIS + lmk.LEFT_IRIS + lmk.RIGHT_EYE_CORNERS + lmk.LEFT_EYE_CORNERS)] = True
         skin = ~(frozen | lips)
         jaw = self._jaw_weight()
         center_profile = np.clip(1 - (u / max(self.corner_u, 1e-3)) ** 2, 0, 1)
@@ -168,41 +168,41 @@ class FaceRig:
         a["fv"] = self._vec(0.0, np.where(self.upper_lip, -0.06 * (0.3 + 0.7 * center_profile), 0.0)
                             + np.where(self.lower_lip, -0.015, 0.0))
         # brows (skin around them follows; eyelids stay)
-        brows = list(R.RIGHT_BROW + R.LEFT_BROW)
+        brows = list(lmk.RIGHT_BROW + lmk.LEFT_BROW)
         near_brows = self._near(brows, 0.18) * skin
         near_brows[brows] = 1.0
         a["brow_raise"] = self._vec(0.0, -0.14 * near_brows)
-        inner = self._near(list(R.BROW_INNER), 0.15) * skin
+        inner = self._near(list(lmk.BROW_INNER), 0.15) * skin
         a["brow_inner_raise"] = self._vec(0.0, -0.12 * inner)
         a["brow_lower"] = self._vec(-0.05 * np.sign(u) * inner, 0.09 * near_brows)
         a["brow_knit"] = self._vec(-0.06 * np.sign(u) * inner, 0.02 * inner)
         # eyelids
-        up_lids = list(R.RIGHT_EYE_UPPER + R.LEFT_EYE_UPPER)
-        lo_lids = list(R.RIGHT_EYE_LOWER + R.LEFT_EYE_LOWER)
-        crease = list(R.RIGHT_EYE_CREASE + R.LEFT_EYE_CREASE)
-        lid_up = np.zeros(R.N_LANDMARKS)
+        up_lids = list(lmk.RIGHT_EYE_UPPER + lmk.LEFT_EYE_UPPER)
+        lo_lids = list(lmk.RIGHT_EYE_LOWER + lmk.LEFT_EYE_LOWER)
+        crease = list(lmk.RIGHT_EYE_CREASE + lmk.LEFT_EYE_CREASE)
+        lid_up = np.zeros(lmk.N_LANDMARKS)
         lid_up[up_lids] = 1.0
         lid_up[crease] = 0.6
-        lid_lo = np.zeros(R.N_LANDMARKS)
+        lid_lo = np.zeros(lmk.N_LANDMARKS)
         lid_lo[lo_lids] = 1.0
         a["upper_lid_raise"] = self._vec(0.0, -0.06 * lid_up)
         a["upper_lid_droop"] = self._vec(0.0, 0.05 * lid_up)
         a["lid_tighten"] = self._vec(0.0, -0.04 * lid_lo + 0.02 * lid_up)
         # cheeks and nose
-        cheeks = self._near(list(R.RIGHT_CHEEK + R.LEFT_CHEEK), 0.15) * skin
+        cheeks = self._near(list(lmk.RIGHT_CHEEK + lmk.LEFT_CHEEK), 0.15) * skin
         a["cheek_raise"] = self._vec(0.02 * side * cheeks, -0.07 * cheeks - 0.03 * lid_lo)
-        wings = self._near(list(R.NOSE_WINGS), 0.08) * skin
-        bridge = self._near(list(R.NOSE_BRIDGE), 0.06) * skin
+        wings = self._near(list(lmk.NOSE_WINGS), 0.08) * skin
+        bridge = self._near(list(lmk.NOSE_BRIDGE), 0.06) * skin
         a["nose_wrinkle"] = self._vec(0.0, -0.06 * wings + 0.03 * bridge)
         # mouth corners and lips
         upper_soft = np.where(self.upper_lip, 1.0, 0.0) * (0.4 + 0.6 * center_profile)
         a["upper_lip_raise"] = self._vec(0.0, -0.07 * upper_soft - 0.03 * wings)
-        corner_w = self._near(list(R.MOUTH_CORNERS), 0.2) * ~frozen
+        corner_w = self._near(list(lmk.MOUTH_CORNERS), 0.2) * ~frozen
         a["corner_pull"] = self._vec(0.09 * side * corner_w, -0.1 * corner_w)
         a["corner_depress"] = self._vec(0.02 * side * corner_w, 0.09 * corner_w)
         a["lip_stretch"] = self._vec(0.12 * side * corner_w, 0.025 * corner_w)
-        outer_up = np.isin(np.arange(R.N_LANDMARKS), R.LIPS_UPPER_OUTER) & ~self.corners
-        outer_lo = np.isin(np.arange(R.N_LANDMARKS), R.LIPS_LOWER_OUTER) & ~self.corners
+        outer_up = np.isin(np.arange(lmk.N_LANDMARKS), lmk.LIPS_UPPER_OUTER) & ~self.corners
+        outer_lo = np.isin(np.arange(lmk.N_LANDMARKS), lmk.LIPS_LOWER_OUTER) & ~self.corners
         a["lip_press"] = self._vec(-0.04 * u * near_lips, 0.03 * outer_up - 0.035 * outer_lo)
         one_side = corner_w * (u < 0)  # the subject's right corner (image left)
         a["contempt_corner"] = self._vec(0.08 * side * one_side, -0.08 * one_side)
@@ -231,8 +231,8 @@ class FaceRig:
         ratio = 1.0 - 0.95 * (1.0 - float(eye_open))
         pts = pts.copy()
         for corners, upper, lower, iris, crease in (
-                (R.RIGHT_EYE_CORNERS, R.RIGHT_EYE_UPPER, R.RIGHT_EYE_LOWER, R.RIGHT_IRIS, R.RIGHT_EYE_CREASE),
-                (R.LEFT_EYE_CORNERS, R.LEFT_EYE_UPPER, R.LEFT_EYE_LOWER, R.LEFT_IRIS, R.LEFT_EYE_CREASE)):
+                (lmk.RIGHT_EYE_CORNERS, lmk.RIGHT_EYE_UPPER, lmk.RIGHT_EYE_LOWER, lmk.RIGHT_IRIS, lmk.RIGHT_EYE_CREASE),
+                (lmk.LEFT_EYE_CORNERS, lmk.LEFT_EYE_UPPER, lmk.LEFT_EYE_LOWER, lmk.LEFT_IRIS, lmk.LEFT_EYE_CREASE)):
             line = pts[[corners[0], *lower, corners[1]]]
             lu, lv = line @ self.ax, line @ self.ay
             order = np.argsort(lu)
@@ -248,7 +248,7 @@ class FaceRig:
         """(RGB frame [S, S, 3] uint8, landmarks [478, 2] float32) for a pose."""
         pts = self.landmarks(pose)
         frame = self.warper.warp(pts, self.rest)
-        teeth = self.rest[list(R.LIPS_UPPER_INNER)] + self.actions["close"][list(R.LIPS_UPPER_INNER)]
+        teeth = self.rest[list(lmk.LIPS_UPPER_INNER)] + self.actions["close"][list(lmk.LIPS_UPPER_INNER)]
         teeth = teeth + 0.02 * self.unit * self.ay
         paint_mouth(frame, pts, teeth, self.unit)
         return frame, pts.astype(np.float32)

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.spatial import Delaunay
 
-from ua3dtalk.data.face_regions import FACE_OVAL, N_LANDMARKS
+from ua3dtalk.data.landmarks import FACE_OVAL, N_LANDMARKS
 
 ASTRONAUT_PROVENANCE: dict[str, Any] = {
     "name": "astronaut",

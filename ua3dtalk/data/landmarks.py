@@ -16,32 +16,67 @@ os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging is noi
 
 N_LANDMARKS = 478
 
-# Closed contours, in drawing order (MediaPipe canonical face mesh indices).
+# Named groups of MediaPipe canonical face-mesh indices, the one definition used
+# by preprocessing, the synthesized subject's rig and the metrics.
 # "Right"/"left" are the subject's: the right eye appears on the image's left.
+
+# Open chains, upper and lower paired point by point: lips from corner to corner,
+# eyelids and brow rows from the outer to the inner end.
+LIPS_UPPER_OUTER: tuple[int, ...] = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
+LIPS_LOWER_OUTER: tuple[int, ...] = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)
+LIPS_UPPER_INNER: tuple[int, ...] = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
+LIPS_LOWER_INNER: tuple[int, ...] = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
+MOUTH_CORNERS: tuple[int, ...] = (61, 291, 78, 308)
+UPPER_LIP_CENTER, LOWER_LIP_CENTER = 13, 14  # inner lip midpoints
+
+RIGHT_EYE_CORNERS: tuple[int, int] = (33, 133)  # (outer, inner)
+LEFT_EYE_CORNERS: tuple[int, int] = (263, 362)
+RIGHT_EYE_UPPER: tuple[int, ...] = (246, 161, 160, 159, 158, 157, 173)
+RIGHT_EYE_LOWER: tuple[int, ...] = (7, 163, 144, 145, 153, 154, 155)
+LEFT_EYE_UPPER: tuple[int, ...] = (466, 388, 387, 386, 385, 384, 398)
+LEFT_EYE_LOWER: tuple[int, ...] = (249, 390, 373, 374, 380, 381, 382)
+RIGHT_EYE_CREASE: tuple[int, ...] = (247, 30, 29, 27, 28, 56, 190)
+LEFT_EYE_CREASE: tuple[int, ...] = (467, 260, 259, 257, 258, 286, 414)
+RIGHT_IRIS: tuple[int, ...] = (468, 469, 470, 471, 472)
+LEFT_IRIS: tuple[int, ...] = (473, 474, 475, 476, 477)
+# Outer eye corners: a face size that does not change with expression.
+OUTER_EYE_CORNERS: tuple[int, int] = (RIGHT_EYE_CORNERS[0], LEFT_EYE_CORNERS[0])
+
+RIGHT_BROW_UPPER: tuple[int, ...] = (70, 63, 105, 66, 107)
+RIGHT_BROW_LOWER: tuple[int, ...] = (46, 53, 52, 65, 55)
+LEFT_BROW_UPPER: tuple[int, ...] = (300, 293, 334, 296, 336)
+LEFT_BROW_LOWER: tuple[int, ...] = (276, 283, 282, 295, 285)
+BROW_INNER: tuple[int, ...] = (107, 66, 55, 65, 336, 296, 285, 295)
+
+RIGHT_CHEEK: tuple[int, ...] = (50, 101, 118, 117, 123, 205, 187, 36)
+LEFT_CHEEK: tuple[int, ...] = (280, 330, 347, 346, 352, 425, 411, 266)
+NOSE_TIP = 1
+NOSE_BRIDGE: tuple[int, ...] = (6, 197, 195, 168)
+NOSE_WINGS: tuple[int, ...] = (129, 49, 48, 64, 98, 102, 219, 218, 235, 358, 279, 278, 294, 327, 331, 439, 438, 455)
+# Tip, midline and nostril points: rigid under expression, anchors the expression features.
+NOSE: tuple[int, ...] = (NOSE_TIP, 2, 4, 5, 6, 98, 327, 168, 197, 195)
+CHIN = 152
+
+# Closed contours in drawing order (for polygons), built from the chains above:
+# the lower chain forward, then the upper chain back.
 FACE_OVAL: tuple[int, ...] = (
     10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
     152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
-LIPS_OUTER: tuple[int, ...] = (
-    61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
-LIPS_INNER: tuple[int, ...] = (
-    78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
-RIGHT_EYE: tuple[int, ...] = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
-LEFT_EYE: tuple[int, ...] = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
-RIGHT_BROW: tuple[int, ...] = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)
-LEFT_BROW: tuple[int, ...] = (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)
-RIGHT_IRIS: tuple[int, ...] = (468, 469, 470, 471, 472)
-LEFT_IRIS: tuple[int, ...] = (473, 474, 475, 476, 477)
-NOSE_TIP = 1
-CHIN = 152
+LIPS_OUTER: tuple[int, ...] = LIPS_LOWER_OUTER + LIPS_UPPER_OUTER[-2:0:-1]
+LIPS_INNER: tuple[int, ...] = LIPS_LOWER_INNER + LIPS_UPPER_INNER[-2:0:-1]
+RIGHT_EYE: tuple[int, ...] = (
+    RIGHT_EYE_CORNERS[0], *RIGHT_EYE_LOWER, RIGHT_EYE_CORNERS[1], *RIGHT_EYE_UPPER[::-1])
+LEFT_EYE: tuple[int, ...] = (
+    LEFT_EYE_CORNERS[0], *LEFT_EYE_LOWER, LEFT_EYE_CORNERS[1], *LEFT_EYE_UPPER[::-1])
+RIGHT_BROW: tuple[int, ...] = RIGHT_BROW_UPPER + RIGHT_BROW_LOWER[::-1]
+LEFT_BROW: tuple[int, ...] = LEFT_BROW_UPPER + LEFT_BROW_LOWER[::-1]
 
-# Eye corners (outer, inner) and upper/lower lid pairs for the eye aspect ratio.
-_EYES = (
-    ((33, 133), ((160, 144), (159, 145), (158, 153))),
-    ((263, 362), ((387, 373), (386, 374), (385, 380))),
-)
+# Eye corners and the three middle upper/lower lid pairs for the eye aspect ratio.
+_EYES = tuple((corners, tuple(zip(upper[2:5], lower[2:5]))) for corners, upper, lower in (
+    (RIGHT_EYE_CORNERS, RIGHT_EYE_UPPER, RIGHT_EYE_LOWER),
+    (LEFT_EYE_CORNERS, LEFT_EYE_UPPER, LEFT_EYE_LOWER)))
 # Upper/lower inner-lip pairs (left of centre, centre, right of centre).
-_LIP_GAP = ((82, 87), (13, 14), (312, 317))
-_OUTER_EYE_CORNERS = (33, 263)
+_LIP_GAP = tuple(zip(LIPS_UPPER_INNER[4:7], LIPS_LOWER_INNER[4:7]))
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:
@@ -123,7 +158,7 @@ def segment_person(frames: np.ndarray) -> np.ndarray:
 def inter_ocular(landmarks: np.ndarray) -> np.ndarray:
     """[..., 478, >=2] -> [...] distance between the outer eye corners: a face
     size that does not change with expression."""
-    a, b = _OUTER_EYE_CORNERS
+    a, b = OUTER_EYE_CORNERS
     return np.linalg.norm(landmarks[..., a, :2] - landmarks[..., b, :2], axis=-1)
 
 

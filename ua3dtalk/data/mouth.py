@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ua3dtalk.data.face_regions import LIPS_LOWER_INNER, LIPS_UPPER_INNER
+from ua3dtalk.data.landmarks import LIPS_LOWER_INNER, LIPS_UPPER_INNER
 
 _CAVITY = np.array([52, 18, 24], np.float32)
 _TONGUE = np.array([150, 62, 70], np.float32)
