@@ -172,18 +172,23 @@ def test_landmark_distance_identical_shifted_and_nan() -> None:
 def test_mouth_opening_correlates_with_synthetic_opening() -> None:
     rng = np.random.default_rng(1)
     t = 40
-    opening = np.abs(np.sin(np.linspace(0, 6, t))) * 0.2
+    opening = np.abs(np.sin(np.linspace(0, 6, t))) * 0.2  # centre inner-lip gap, inter-ocular units
     base = np.zeros((478, 2))
-    base[234], base[454] = (-1.0, 0.0), (1.0, 0.0)
+    base[33], base[263] = (-0.5, 0.0), (0.5, 0.0)  # outer eye corners, 1 unit apart
     lm = np.repeat(base[None], t, axis=0)
-    lm[:, 13, 1] = -opening / 2
-    lm[:, 14, 1] = opening / 2
-    scale = rng.uniform(50, 200, size=(t, 1, 1))  # the face moves nearer and farther
-    lm = lm * scale + rng.uniform(0, 300, size=(t, 1, 2))
+    for (up, lo), share in zip(((82, 87), (13, 14), (312, 317)), (0.5, 1.0, 0.5)):  # side gaps half the centre's
+        lm[:, up, 1] = -share * opening / 2
+        lm[:, lo, 1] = share * opening / 2
+    angle = rng.uniform(-0.3, 0.3, size=t)  # the head rolls and moves nearer and farther
+    rot = np.stack([np.stack([np.cos(angle), -np.sin(angle)], -1), np.stack([np.sin(angle), np.cos(angle)], -1)], -2)
+    scale = rng.uniform(50, 200, size=(t, 1, 1))
+    lm = scale * np.einsum("tij,tnj->tni", rot, lm) + rng.uniform(0, 300, size=(t, 1, 2))
     got = M.mouth_opening(lm)
-    assert np.allclose(got, opening / 2)
+    assert np.allclose(got, opening * 2 / 3)  # mean of the three gaps over the eye distance
     assert M.pearson(got, 3 * opening + 1) == pytest.approx(1.0, abs=1e-12)
-    got[5] = np.nan
+    lm[5] = np.nan  # failed detection
+    got = M.mouth_opening(lm)
+    assert np.isnan(got[5]) and np.isfinite(np.delete(got, 5)).all()
     assert M.pearson(got, opening) == pytest.approx(1.0, abs=1e-12)
     assert M.pearson(-got, opening) == pytest.approx(-1.0, abs=1e-12)
     assert math.isnan(M.pearson(np.ones(5), np.arange(5.0)))

@@ -35,6 +35,8 @@ from ua3dtalk.data.landmarks import (
     LEFT_BROW_LOWER, LEFT_BROW_UPPER, LEFT_EYE, LIPS_INNER, LIPS_OUTER, NOSE, OUTER_EYE_CORNERS, RIGHT_BROW_LOWER,
     RIGHT_BROW_UPPER, RIGHT_EYE,
 )
+# Re-exported: the lip-sync signal is the one preprocessing stores, defined once in landmarks.
+from ua3dtalk.data.landmarks import mouth_opening as mouth_opening
 
 LPIPS_ENV = "UA3DTALK_LPIPS_WEIGHTS"
 
@@ -44,8 +46,6 @@ MOUTH: tuple[int, ...] = LIPS_OUTER + LIPS_INNER
 # expression_features, which saved expression classifiers depend on.
 EXPRESSION_POINTS: tuple[int, ...] = (RIGHT_BROW_LOWER + RIGHT_BROW_UPPER + LEFT_BROW_LOWER + LEFT_BROW_UPPER
                                       + RIGHT_EYE + LEFT_EYE + NOSE + MOUTH)
-# Cheek extremes: the face width that normalises the mouth opening.
-FACE_WIDTH: tuple[int, int] = (234, 454)
 
 
 class MetricUnavailable(RuntimeError):
@@ -292,21 +292,6 @@ def landmark_distance(pred_landmarks: np.ndarray, true_landmarks: np.ndarray,
     if not ok.any():
         return float("nan")
     return float(np.linalg.norm(p[ok] - t[ok], axis=-1).mean())
-
-
-def mouth_opening(landmarks: np.ndarray, upper: int = 13, lower: int = 14) -> np.ndarray:
-    """Inner-lip gap per frame ``[T]`` divided by the face width (points 234-454).
-
-    Dividing by face width makes renders and ground truth comparable at any
-    resolution or distance from the camera; NaN frames stay NaN.
-    """
-    a = _xy(landmarks)
-    if a.shape[1] <= max(upper, lower, *FACE_WIDTH):
-        raise ValueError(f"need MediaPipe face-mesh landmarks (>= 468 points); got {a.shape[1]}")
-    gap = np.linalg.norm(a[:, upper] - a[:, lower], axis=-1)
-    width = np.linalg.norm(a[:, FACE_WIDTH[0]] - a[:, FACE_WIDTH[1]], axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(width > 0, gap / width, np.nan)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
