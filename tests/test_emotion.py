@@ -5,11 +5,11 @@ import copy
 
 import pytest
 import torch
+from helpers import render_gaussians
 
 from ua3dtalk.config import preset
 from ua3dtalk.emotion import (EmotionCodebookEncoding, EmotionDistillation, EmotionFusion, LabelEmbedding,
                               SpeechEmotionEncoder, distillation_loss)
-from ua3dtalk.render import rasterize
 
 CFG = preset("demo")
 
@@ -154,17 +154,6 @@ def test_set_bounds_maps_the_box_onto_the_field() -> None:
     assert torch.allclose(enc(xyz, emotion), unit((xyz - 10) / 2 - 1, emotion), atol=1e-5)
 
 
-def _render(means: torch.Tensor, colors: torch.Tensor, size: int = 24) -> torch.Tensor:
-    """Gaussians [B, G, 3] (xy in about [-1, 1], z near 0) seen from z = -3 -> images [B, H, W, 3]."""
-    b, g, _ = means.shape
-    viewmats = torch.eye(4).repeat(b, 1, 1)
-    viewmats[:, 2, 3] = 3.0
-    ks = torch.tensor([[1.5 * size, 0, size / 2], [0, 1.5 * size, size / 2], [0, 0, 1]]).repeat(b, 1, 1)
-    quats = torch.tensor([1.0, 0, 0, 0]).expand(b, g, 4)
-    return rasterize(means, quats, torch.full((b, g, 3), 0.15), torch.full((b, g), 0.8), colors, viewmats, ks,
-                     size, size, backend="torch").image
-
-
 @pytest.mark.parametrize("codebooks", [True, False])
 def test_every_parameter_gets_gradients_from_an_image_loss(codebooks: bool) -> None:
     """Emotion -> per-Gaussian encoding -> tiny deformation -> render -> image loss (+ the training heads' losses)."""
@@ -175,7 +164,7 @@ def test_every_parameter_gets_gradients_from_an_image_loss(codebooks: bool) -> N
                 torch.rand(b, 3, 128, 128))
     feats = model.encoding(base, out["embedding"])                   # [B, G, R*D]
     delta = torch.nn.Linear(feats.shape[-1], 6)(feats)
-    images = _render(base + 0.1 * delta[..., :3], torch.sigmoid(delta[..., 3:]))
+    images = render_gaussians(base + 0.1 * delta[..., :3], torch.sigmoid(delta[..., 3:]))
     target = torch.tensor([1, 6])
     loss = ((images - torch.rand_like(images)).abs().mean() + out["distill"]
             + torch.nn.functional.cross_entropy(out["audio_logits"], target)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import render_gaussians
 
 from ua3dtalk.config import preset
 from ua3dtalk.prior import (AudioWindowNet, LipSyncExpert, PriorExtractor, StyleEncoder, frame_windows,
                             mouth_crops, window_indices)
-from ua3dtalk.render import rasterize
 
 CFG = preset("demo")
 
@@ -149,17 +149,6 @@ def test_mouth_crops_copy_pixels_and_resample_linearly() -> None:
         mouth_crops(images.permute(0, 2, 3, 1), centers)
 
 
-def _render(means: torch.Tensor, colors: torch.Tensor, size: int = 24) -> torch.Tensor:
-    """Gaussians [B, G, 3] (xy in about [-1, 1], z near 0) seen from z = -3 -> images [B, H, W, 3]."""
-    b, g, _ = means.shape
-    viewmats = torch.eye(4).repeat(b, 1, 1)
-    viewmats[:, 2, 3] = 3.0
-    ks = torch.tensor([[1.5 * size, 0, size / 2], [0, 1.5 * size, size / 2], [0, 0, 1]]).repeat(b, 1, 1)
-    quats = torch.tensor([1.0, 0, 0, 0]).expand(b, g, 4)
-    return rasterize(means, quats, torch.full((b, g, 3), 0.15), torch.full((b, g), 0.8), colors, viewmats, ks,
-                     size, size, backend="torch").image
-
-
 def test_every_parameter_gets_gradients_from_an_image_loss() -> None:
     """Prior -> tiny deformation of a few Gaussians -> render -> image loss + sync loss on rendered mouths."""
     prior = PriorExtractor(CFG)
@@ -169,7 +158,7 @@ def test_every_parameter_gets_gradients_from_an_image_loss() -> None:
     head = torch.nn.Linear(cond.shape[1], g * 6)
     delta = head(cond).view(2, g, 6)
     base = torch.rand(g, 3) * 1.2 - 0.6
-    images = _render(base + 0.1 * delta[..., :3], torch.sigmoid(delta[..., 3:])).permute(0, 3, 1, 2)
+    images = render_gaussians(base + 0.1 * delta[..., :3], torch.sigmoid(delta[..., 3:])).permute(0, 3, 1, 2)
     target = torch.rand_like(images)
     crops = mouth_crops(images, torch.tensor([[12.0, 12.0], [12.0, 12.0]]), size=(12, 24), extent=(24.0, 24.0))
     window = crops[:, None].expand(-1, CFG.content_window, -1, -1, -1)
