@@ -9,6 +9,7 @@ models inside the wheel, so this runs offline.
 from __future__ import annotations
 
 import os
+from typing import Any, Self
 
 import numpy as np
 
@@ -88,55 +89,57 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-class FaceMeshTracker:
+class _Solution:
+    """A MediaPipe legacy solution run frame by frame; as a context manager it
+    frees the solution's graph on exit."""
+
+    def __init__(self, solution: Any) -> None:
+        self._solution = solution
+
+    def _process(self, frame: np.ndarray) -> Any:
+        return self._solution.process(np.ascontiguousarray(frame))
+
+    def close(self) -> None:
+        self._solution.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FaceMeshTracker(_Solution):
     """Frame-by-frame face mesh; keeps MediaPipe's tracking state between calls
     so that a long video can be streamed without holding it in memory."""
 
     def __init__(self, video: bool = True) -> None:
         import mediapipe as mp
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
+        super().__init__(mp.solutions.face_mesh.FaceMesh(
             static_image_mode=not video, max_num_faces=1, refine_landmarks=True,
-            min_detection_confidence=0.5, min_tracking_confidence=0.5)
+            min_detection_confidence=0.5, min_tracking_confidence=0.5))
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         """[H,W,3] uint8 RGB -> [478,3] (x, y pixels; z in pixels of the image width), NaN if no face."""
         h, w = frame.shape[:2]
-        res = self._mesh.process(np.ascontiguousarray(frame))
+        res = self._process(frame)
         if not res.multi_face_landmarks:
             return np.full((N_LANDMARKS, 3), np.nan, np.float32)
         pts = np.array([(p.x, p.y, p.z) for p in res.multi_face_landmarks[0].landmark], np.float32)
         return pts * np.array([w, h, w], np.float32)
 
-    def close(self) -> None:
-        self._mesh.close()
 
-    def __enter__(self) -> FaceMeshTracker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class PersonSegmenter:
+class PersonSegmenter(_Solution):
     """Frame-by-frame selfie segmentation (person probability per pixel)."""
 
     def __init__(self) -> None:
         import mediapipe as mp
-        self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+        super().__init__(mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0))
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         """[H,W,3] uint8 RGB -> [H,W] float32 in [0,1]."""
-        res = self._seg.process(np.ascontiguousarray(frame))
+        res = self._process(frame)
         return np.clip(res.segmentation_mask, 0.0, 1.0).astype(np.float32)
-
-    def close(self) -> None:
-        self._seg.close()
-
-    def __enter__(self) -> PersonSegmenter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def detect_landmarks(frames: np.ndarray, video: bool = True) -> np.ndarray:
