@@ -90,10 +90,12 @@ def _eval(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--fusion", default="uncertainty", choices=("uncertainty", "uniform"))
     p.add_argument("--device", default=None, choices=("cpu", "cuda"))
     p.add_argument("--size", type=int, default=None)
+    p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each clip (quicker)")
 
     def run(a: argparse.Namespace) -> None:
         from ua3dtalk.evaluate import evaluate_subject
-        evaluate_subject(a.subject, a.data, a.out, fusion=a.fusion, device=a.device, size=a.size)
+        evaluate_subject(a.subject, a.data, a.out, fusion=a.fusion, device=a.device, size=a.size,
+                         max_frames=a.max_frames)
     return run
 
 

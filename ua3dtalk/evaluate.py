@@ -44,10 +44,10 @@ def _landmarks_or_none(frames: np.ndarray) -> np.ndarray | None:
 
 @torch.no_grad()
 def render_clip(model: TalkingHead, data: SubjectDataset, clip: int, features: torch.Tensor,
-                fusion: str | None, batch_size: int = 8) -> tuple[np.ndarray, float]:
+                fusion: str | None, batch_size: int = 8, max_frames: int | None = None) -> tuple[np.ndarray, float]:
     """Render one dataset clip with its own poses, blinks and labels: (uint8 [T,H,W,3], seconds)."""
     device = features.device
-    indices = list(data.clip_frames(clip))
+    indices = list(data.clip_frames(clip))[:max_frames]
     frames = np.empty((len(indices), data.size, data.size, 3), np.uint8)
     start = time.perf_counter()
     for lo in range(0, len(indices), batch_size):
@@ -66,8 +66,9 @@ def render_clip(model: TalkingHead, data: SubjectDataset, clip: int, features: t
     return frames, time.perf_counter() - start
 
 
-def _ground_truth(data: SubjectDataset, clip: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    items = [data[i] for i in data.clip_frames(clip)]
+def _ground_truth(data: SubjectDataset, clip: int, max_frames: int | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    items = [data[i] for i in list(data.clip_frames(clip))[:max_frames]]
     images = np.stack([(np.asarray(it["image"]).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8) for it in items])
     masks = np.stack([np.asarray(it["mask"]) for it in items])
     landmarks = np.stack([np.asarray(it["landmarks"]) for it in items])
@@ -104,8 +105,9 @@ def _expression_classifier(data_dir: Path, size: int | None) -> tuple[Expression
 
 @torch.no_grad()
 def evaluate_model(model: TalkingHead, data_dir: str | Path, split: str = "heldout", size: int | None = None,
-                   fusion: str | None = None) -> dict:
-    """Metrics of ``model`` on a dataset split, as a JSON-ready dict."""
+                   fusion: str | None = None, max_frames: int | None = None) -> dict:
+    """Metrics of ``model`` on a dataset split, as a JSON-ready dict. ``max_frames``
+    keeps only the first frames of each clip (a quicker check, e.g. on a CPU)."""
     model = model.eval()
     device = next(model.parameters()).device
     data = SubjectDataset(data_dir, split, size=size)
@@ -119,10 +121,10 @@ def evaluate_model(model: TalkingHead, data_dir: str | Path, split: str = "heldo
     for clip in range(len(data.clips)):
         wav, _ = data.audio(clip)
         features = extractor(wav).to(device, torch.float32)
-        frames, seconds = render_clip(model, data, clip, features, fusion)
+        frames, seconds = render_clip(model, data, clip, features, fusion, max_frames=max_frames)
         render_seconds += seconds
         n_frames += len(frames)
-        gt, masks, gt_marks = _ground_truth(data, clip)
+        gt, masks, gt_marks = _ground_truth(data, clip, max_frames)
         head = torch.from_numpy((masks == FACE_LABEL) | (masks == MOUTH_LABEL))
         pred_t = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
         gt_t = torch.from_numpy(gt).permute(0, 3, 1, 2).float() / 255
@@ -147,7 +149,8 @@ def evaluate_model(model: TalkingHead, data_dir: str | Path, split: str = "heldo
         all_true.append(gt_marks)
         emotions_true.append(np.full(len(frames), EMOTIONS.index(emotion)))
     report = {
-        "split": split, "frames": n_frames, "size": data.size, "fusion": fusion or model.cfg.fusion,
+        "split": split, "frames": n_frames, "max_frames_per_clip": max_frames, "size": data.size,
+        "fusion": fusion or model.cfg.fusion,
         "psnr": float(np.mean(np.concatenate(psnrs))), "ssim": float(np.mean(np.concatenate(ssims))),
         "lpips": float(np.mean(np.concatenate(lpips_values))) if lpips_values else None,
         "lpips_note": lpips_note or None,
@@ -187,12 +190,12 @@ def _landmark_metrics(pred_marks: np.ndarray, true_marks: np.ndarray, labels: np
 
 
 def evaluate_subject(subject: str, data: str | Path, out: str | Path, fusion: str | None = None,
-                     device: str | None = None, size: int | None = None) -> dict:
+                     device: str | None = None, size: int | None = None, max_frames: int | None = None) -> dict:
     """The ``ua3dtalk eval`` command."""
     from ua3dtalk.pipeline import TalkingFacePipeline
 
     pipe = TalkingFacePipeline.from_pretrained(subject, device=device)
-    report = evaluate_model(pipe.model, data, size=size, fusion=fusion)
+    report = evaluate_model(pipe.model, data, size=size, fusion=fusion, max_frames=max_frames)
     report["subject"] = subject
     report["device"] = pipe.device.type if pipe.device.type != "cuda" else torch.cuda.get_device_name(pipe.device)
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,9 @@ def _stats(mu: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
     """Aleatoric and epistemic uncertainty per view and Gaussian ([V, N] each)."""
     aleatoric = log_var.exp().mean(dim=(2, 3))
     if mu.shape[2] > 1:
-        epistemic = mu.var(dim=2, unbiased=True).mean(dim=-1)
+        # written out: Tensor.var over a middle dimension is very slow on the CPU
+        centred = mu - mu.mean(dim=2, keepdim=True)
+        epistemic = centred.square().sum(dim=2).mean(dim=-1) / (mu.shape[2] - 1)
     else:
         epistemic = torch.zeros_like(aleatoric)
     return aleatoric, epistemic
