@@ -402,10 +402,11 @@ class ExpressionClassifier:
         self.net = net
         xs = (x - self.mean) / self.std
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        for _ in range(self.epochs):
-            opt.zero_grad()
-            F.cross_entropy(net(xs), y).backward()
-            opt.step()
+        with torch.enable_grad():  # callers (evaluation) often run under no_grad
+            for _ in range(self.epochs):
+                opt.zero_grad()
+                F.cross_entropy(net(xs), y).backward()
+                opt.step()
         net.eval()
         return self
 
