@@ -19,7 +19,7 @@ import torch
 
 from ua3dtalk import audio as audio_io
 from ua3dtalk.config import EMOTIONS
-from ua3dtalk.data.dataset import SubjectDataset
+from ua3dtalk.data.dataset import MASK_LABELS, SubjectDataset
 from ua3dtalk.data.landmarks import detect_landmarks, mouth_opening
 from ua3dtalk.metrics import (
     MOUTH, ExpressionClassifier, expression_features, frechet_distance, landmark_distance, lpips_or_none,
@@ -27,7 +27,7 @@ from ua3dtalk.metrics import (
 )
 from ua3dtalk.model import Conditioning, TalkingHead
 
-FACE_LABEL, MOUTH_LABEL = 2, 3
+FACE_LABEL, MOUTH_LABEL = MASK_LABELS["face"], MASK_LABELS["mouth"]
 MIN_FRECHET_SAMPLES = 8
 
 

@@ -29,14 +29,14 @@ from torch import Tensor
 
 from ua3dtalk import audio as audio_io
 from ua3dtalk.config import ModelConfig, preset
-from ua3dtalk.data.dataset import SubjectDataset
+from ua3dtalk.data.dataset import MASK_LABELS, SubjectDataset
 from ua3dtalk.gaussians import DensityController
 from ua3dtalk.metrics import psnr, ssim
 from ua3dtalk.model import Conditioning, TalkingHead, load_checkpoint, save_checkpoint
 from ua3dtalk.prior import mouth_crops
 
 MOUTH_UPPER, MOUTH_LOWER = 13, 14   # MediaPipe inner-lip midpoints
-FACE_LABEL, MOUTH_LABEL = 2, 3      # dataset mask labels
+FACE_LABEL, MOUTH_LABEL = MASK_LABELS["face"], MASK_LABELS["mouth"]
 STATE_NAME = "training_state.safetensors"
 DEFAULT_ITERATIONS = {"demo": 6000, "paper": 30000}
 _DENSITY_STATS = ("grad_accum", "denom", "max_radii")  # density control's running statistics
