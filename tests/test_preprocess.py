@@ -212,3 +212,28 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_dataset(tmp_path: Path) -> 
         pp.preprocess_videos([str(tmp_path / "x.mp4")], str(tmp_path / "data"))
     assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
     shutil.rmtree(tmp_path / "data")
+
+
+def test_one_crop_box_per_camera() -> None:
+    """Clips of one frame size share the box around all their faces (a static
+    camera for the whole subject); another frame size gets its own box."""
+    def clip(size: tuple[int, int], x: float) -> pp._Video:
+        return pp._Video(Path(f"{x}.mp4"), f"c{x}", "train", "neutral", 1, "default", meta={"size": list(size)})
+
+    def face(x: float) -> np.ndarray:
+        marks = np.zeros((2, 478, 3))
+        marks[..., 0] = np.linspace(x, x + 60, 478)
+        marks[..., 1] = np.linspace(200, 280, 478)
+        return marks
+
+    videos = [clip((640, 480), 150), clip((640, 480), 300), clip((320, 240), 100)]
+    boxes = pp.subject_crop_boxes(videos, [face(150), face(300), face(100)])
+    assert boxes[0] == boxes[1] != boxes[2]
+    x0, y0, side = boxes[0]
+    assert x0 <= 150 and x0 + side >= 360 and side <= 480   # both faces inside, within the frame
+    assert boxes[2] == pp.crop_box(face(100), 320, 240)
+
+
+def test_clips_share_the_crop_box(dataset: Path) -> None:
+    meta = json.loads((dataset / "meta.json").read_text())
+    assert len({tuple(c["crop"]) for c in meta["clips"]}) == 1

@@ -3,8 +3,8 @@
 
 Steps per video: probe (video + audio stream), audio to 16 kHz mono, frames
 resampled by ffmpeg to a constant 25 fps (variable or other frame rates are
-converted, not refused), face mesh on the full frames to fix one static crop
-box, then crop/resize, face mesh + selfie segmentation on the crops. After all
+converted, not refused), face mesh on the full frames; one static crop box
+per camera (all videos of one frame size share it), then crop/resize, face mesh + selfie segmentation on the crops. After all
 videos: gap filling and zero-lag smoothing of the landmarks, a shared
 reference head shape and per-frame cameras, label masks, eye/mouth signals and
 a background plate. Everything is written to a temporary sibling folder that
@@ -169,16 +169,30 @@ def crop_box(landmarks: np.ndarray, width: int, height: int) -> tuple[int, int, 
     return bx, by, side
 
 
-def _decode_clip(v: _Video, frames_dir: Path, size: int, n_samples: int) -> _ClipResult:
-    """Two streaming passes: full-frame landmarks fix the crop box, then
-    crops are written with their landmarks and person masks."""
-    w, h = v.meta["size"]
+def _find_faces(v: _Video) -> np.ndarray:
+    """First pass: face mesh on the full frames, [T, 478, 3] source pixels."""
     est = int(float(v.meta.get("duration") or 0) * FPS) or None
     with lmk.FaceMeshTracker() as mesh:
         full = np.stack([mesh(f) for f in tqdm(_frames(v.path), total=est, desc=f"{v.name}: find face", unit="fr")])
     _missing_check(v, full, "")
-    x0, y0, side = crop_box(full, w, h)
-    n = len(full)
+    return full
+
+
+def subject_crop_boxes(videos: list[_Video], faces: list[np.ndarray]) -> list[tuple[int, int, int]]:
+    """One crop box per camera: clips of one frame size share the box fitted to
+    all of their faces, so the camera (and the background plate behind the
+    head) is the same in every clip, as the model's single scene assumes."""
+    groups: dict[tuple[int, int], list[np.ndarray]] = {}
+    for v, full in zip(videos, faces):
+        groups.setdefault(tuple(v.meta["size"]), []).append(full.reshape(-1, *full.shape[-2:]))
+    boxes = {size: crop_box(np.concatenate(marks), *size) for size, marks in groups.items()}
+    return [boxes[tuple(v.meta["size"])] for v in videos]
+
+
+def _decode_clip(v: _Video, box: tuple[int, int, int], n: int, frames_dir: Path, size: int,
+                 n_samples: int) -> _ClipResult:
+    """Second pass over the ``n`` frames: crops are written with their landmarks and person masks."""
+    x0, y0, side = box
     pick = set(np.linspace(0, n - 1, n_samples).round().astype(int).tolist())
     interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
     lms, person, samples = [], [], []
@@ -398,11 +412,13 @@ def preprocess_videos(videos: list[str], out: str, emotion: str | None = None,
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.partial-", dir=out_path.parent))
     try:
         per_clip = max(2, BACKGROUND_SAMPLES // len(descs))
+        faces = [_find_faces(v) for v in descs]
+        boxes = subject_crop_boxes(descs, faces)
         results = []
         (tmp / "audio").mkdir()
-        for v in descs:
+        for v, full, box in zip(descs, faces, boxes):
             _extract_audio(v.path, tmp / "audio" / f"{v.name}.wav")
-            results.append(_decode_clip(v, tmp / "frames" / v.name, size, per_clip))
+            results.append(_decode_clip(v, box, len(full), tmp / "frames" / v.name, size, per_clip))
         _write(tmp, descs, results, size)
         _move_into_place(tmp, out_path)
     except BaseException:
