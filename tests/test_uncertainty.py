@@ -188,3 +188,26 @@ def test_uncertainty_block_shapes_and_heads_are_independent():
     torch.testing.assert_close(mu2[:, :, 1:], mu[:, :, 1:])
     (mu2.sum() + lv2.sum()).backward()
     assert all(p.grad is not None for p in block.parameters())
+
+
+def test_hand_written_backward_passes_gradcheck():
+    """The solves' closed-form backward against finite differences (float64)."""
+    mu, lv = random_inputs(v=3, n=2, t=4, d=5, seed=3)
+    mu.requires_grad_()
+    lv.requires_grad_()
+    assert torch.autograd.gradcheck(lambda m, l: (lambda r: (r.mean, r.weight))(precision_fusion(m, l)),
+                                    (mu, lv), eps=1e-6, atol=1e-6)
+
+
+def test_uncertainty_block_parts_match_the_concatenated_input():
+    """Position features [N, P] and a per-frame feature [B, 1, d] give what the
+    concatenated [B, N, P + d] input gives; parts of the wrong size are refused."""
+    torch.manual_seed(0)
+    block = UncertaintyBlock(in_dim=7, latent_dim=6, ensemble=3, hidden_dim=8)
+    pos, feat = torch.randn(5, 4), torch.randn(2, 1, 3)
+    whole = torch.cat([pos.expand(2, 5, 4), feat.expand(2, 5, 3)], dim=-1)
+    for split, joined in zip(block(pos, feat), block(whole)):
+        assert split.shape == (2, 5, 3, 6)
+        torch.testing.assert_close(split, joined)
+    with pytest.raises(ValueError, match="add up"):
+        block(pos, torch.randn(2, 1, 2))

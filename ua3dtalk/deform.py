@@ -83,15 +83,15 @@ class MotionNetwork(nn.Module):
         """Fit the position field's box to the canonical Gaussians."""
         self.field.set_bounds(lo, hi)
 
-    def _view_input(self, name: str, feat: Tensor, pos: Tensor, batch: int) -> Tensor:
-        n = pos.shape[0]
+    def _view_feature(self, name: str, feat: Tensor, n: int, batch: int) -> Tensor:
+        """A view's feature as [B, 1, d] (per frame) or [B, N, d] (per Gaussian)."""
         d = self.view_dims[name]
         if feat.dim() == 2 and feat.shape == (batch, d):
-            feat = feat[:, None, :].expand(batch, n, d)
-        elif feat.shape != (batch, n, d):
+            return feat.unsqueeze(1)
+        if feat.shape != (batch, n, d):
             raise ValueError(f"view {name!r} must be [B, {d}] or [B, N={n}, {d}] with B={batch}, "
                              f"got {tuple(feat.shape)}")
-        return torch.cat([pos.expand(batch, n, pos.shape[-1]), feat.to(pos)], dim=-1)
+        return feat
 
     def forward(self, xyz: Tensor, views: dict[str, Tensor], fusion: str = "uncertainty",
                 stage: int = 2) -> DeformOutput:
@@ -111,8 +111,9 @@ class MotionNetwork(nn.Module):
         pos = self.field(xyz).flatten(1)                                          # [N, P]
         mus, log_vars = [], []
         for name in self.views:
-            mu, log_var = self.blocks[name](self._view_input(name, views[name], pos, batch))
-            mus.append(mu.flatten(0, 1))                                          # [B*N, T, D]
+            feat = self._view_feature(name, views[name], n, batch).to(pos)
+            mu, log_var = self.blocks[name](pos, feat)                            # position part once per call
+            mus.append(mu.expand(batch, n, *mu.shape[2:]).flatten(0, 1))         # [B*N, T, D]
             log_vars.append(log_var.flatten(0, 1))
         mu, log_var = torch.stack(mus), torch.stack(log_vars)                     # [V, B*N, T, D]
 

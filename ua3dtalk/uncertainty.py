@@ -11,18 +11,18 @@ and stage 2 fuses the views as a product of Gaussians,
 The official code forms each Σ_v and inverts five D x D matrices per Gaussian.
 Here the same function is computed through a latent-variable view of the low-rank
 part: write μ̄_v + A_vᵀ z_v + e_v with z_v ~ N(0, I_{T-1}), e_v ~ N(0, diag d_v),
-A_v = Hᵀ μ_v / √(T-1) (H: an orthonormal basis orthogonal to the all-ones vector,
-so A_vᵀ A_v is exactly the unbiased ensemble covariance). Minimising the joint
+where the rows of A_v are the members in Helmert coordinates / √(T-1), so
+A_vᵀ A_v is exactly the unbiased ensemble covariance. Minimising the joint
 quadratic over z_v gives exactly (x - μ̄_v)ᵀ Σ_v⁻¹ (x - μ̄_v), so the fused mean is
 the joint minimiser over (x, z). Eliminating x (its block is diagonal) leaves one
 V(T-1) x V(T-1) system ``H z = b`` with ``H = I + (PSD)``; every coefficient of H
-is a sum of positive terms (the diagonal-precision shares are formed by softmax
-in log space), so nothing cancels, and its Cholesky factor is taken in the
-Jacobi-scaled basis. Precision traces use Woodbury on each view (a (T-1)² system).
+is a sum of positive terms, so nothing cancels, and its Cholesky factor is taken
+in the Jacobi-scaled basis. Precision traces use Woodbury on each view (a
+(T-1)² system). The solves have closed-form backward passes that reuse the
+forward's factors.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -50,26 +50,27 @@ def _check(mu: Tensor, log_var: Tensor, min_members: int = 1) -> Tensor:
     return log_var.clamp(*LOG_VAR_RANGE)
 
 
-def _stats(mu: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
-    """Aleatoric and epistemic uncertainty per view and Gaussian ([V, N] each)."""
-    aleatoric = log_var.exp().mean(dim=(2, 3))
+def _moments(mu: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per view, Gaussian and latent dim ([V, N, D] each): the ensemble mean, the
+    mean variance mean_t exp(log_var) and the unbiased variance of mu over t."""
+    mean = mu.mean(dim=2)
+    variance = log_var.exp().mean(dim=2)
     if mu.shape[2] > 1:
         # written out: Tensor.var over a middle dimension is very slow on the CPU
-        centred = mu - mu.mean(dim=2, keepdim=True)
-        epistemic = centred.square().sum(dim=2).mean(dim=-1) / (mu.shape[2] - 1)
+        spread = (mu - mean.unsqueeze(2)).square().sum(dim=2) / (mu.shape[2] - 1)
     else:
-        epistemic = torch.zeros_like(aleatoric)
-    return aleatoric, epistemic
+        spread = torch.zeros_like(mean)
+    return mean, variance, spread
 
 
-@functools.lru_cache(maxsize=32)
-def _helmert(t: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """[T, T-1] orthonormal columns orthogonal to the all-ones vector (cached per device)."""
-    basis = torch.zeros(t, t - 1, dtype=torch.float64)
-    for k in range(1, t):
-        basis[:k, k - 1] = 1.0 / math.sqrt(k * (k + 1))
-        basis[k, k - 1] = -k / math.sqrt(k * (k + 1))
-    return basis.to(dtype=dtype, device=device)
+def _helmert_coordinates(mu: Tensor) -> Tensor:
+    """[V, N, T, D] -> [V, N, T-1, D]: the members in an orthonormal basis of the
+    directions orthogonal to their mean (Helmert contrasts, by a running sum),
+    so that Σ_k a_k a_kᵀ is the members' scatter about their mean."""
+    t = mu.shape[2]
+    k = torch.arange(1, t, dtype=mu.dtype, device=mu.device).view(-1, 1)
+    preceding = mu.cumsum(dim=2)[:, :, :-1]                             # Σ_{i<k} mu_i
+    return (preceding - k * mu[:, :, 1:]) * (k * (k + 1)).rsqrt()
 
 
 def _scaled_cholesky(m: Tensor) -> tuple[Tensor, Tensor]:
@@ -94,63 +95,95 @@ def _scaled_cholesky(m: Tensor) -> tuple[Tensor, Tensor]:
     return factor, s
 
 
+class _SPDSolve(torch.autograd.Function):
+    """x = m⁻¹ b for a batch of SPD m. The backward reuses the forward's factor
+    (∂b = m⁻¹ ∂x, ∂m = -∂b xᵀ) instead of differentiating the factorisation,
+    which is several times dearer than the solve itself."""
+
+    @staticmethod
+    def forward(ctx, m: Tensor, b: Tensor) -> Tensor:  # noqa: ANN001
+        factor, s = _scaled_cholesky(m)
+        x = s.unsqueeze(-1) * torch.cholesky_solve(s.unsqueeze(-1) * b, factor)
+        ctx.save_for_backward(factor, s, x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_x: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        factor, s, x = ctx.saved_tensors
+        grad_b = s.unsqueeze(-1) * torch.cholesky_solve(s.unsqueeze(-1) * grad_x, factor)
+        return -grad_b @ x.transpose(-1, -2), grad_b
+
+
+class _SPDInverse(torch.autograd.Function):
+    """m⁻¹ for a batch of small SPD m, with the closed-form backward -m⁻¹ ∂ m⁻¹."""
+
+    @staticmethod
+    def forward(ctx, m: Tensor) -> Tensor:  # noqa: ANN001
+        factor, s = _scaled_cholesky(m)
+        inverse = torch.cholesky_inverse(factor) * s.unsqueeze(-1) * s.unsqueeze(-2)
+        ctx.save_for_backward(inverse)
+        return inverse
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
+        (inverse,) = ctx.saved_tensors
+        return -inverse @ grad @ inverse
+
+
 def _precision_traces(a: Tensor, prec: Tensor) -> Tensor:
-    """tr(Σ_v⁻¹) by Woodbury: Σ_j p_j (1 - b_jᵀ (I + BᵀB)⁻¹ b_j), B = A diag(√p)."""
-    b = a * prec.sqrt().unsqueeze(-2)                                   # [V, N, r, D]
+    """tr(Σ_v⁻¹) by Woodbury: Σ_j p_j (1 - b_jᵀ (I + BBᵀ)⁻¹ b_j), B = A diag(√p).
+
+    a [N, V, r, D], prec [N, V, D] -> [N, V]."""
+    b = a * prec.sqrt().unsqueeze(-2)
     eye = torch.eye(a.shape[-2], dtype=a.dtype, device=a.device)
-    factor, s = _scaled_cholesky(eye + b @ b.transpose(-1, -2))
-    c = torch.linalg.solve_triangular(factor, s.unsqueeze(-1) * b, upper=False)
-    keep = (1 - c.square().sum(dim=-2)).clamp_min(0)                    # [V, N, D] in [0, 1]
+    inverse = _SPDInverse.apply(eye + b @ b.transpose(-1, -2))
+    keep = (1 - (b * (inverse @ b)).sum(dim=-2)).clamp_min(0)          # [N, V, D] in [0, 1]
     return (prec * keep).sum(dim=-1)
 
 
-def _shares(traces: Tensor) -> Tensor:
-    return traces / traces.sum(dim=0, keepdim=True).clamp_min(torch.finfo(traces.dtype).tiny)
+def _shares(traces: Tensor, dim: int = 0) -> Tensor:
+    return traces / traces.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(traces.dtype).tiny)
 
 
 def precision_fusion(mu: Tensor, log_var: Tensor) -> FusionResult:
     """Stage-2 fusion of V views' ensembles: exact product of full-covariance Gaussians.
 
-    mu, log_var [V, N, T, D] (T >= 2); log_var is clamped to [-20, 20].
+    mu, log_var [V, N, T, D] (T >= 2); log_var is clamped to [-20, 20]. Works
+    Gaussian-major ([N, V, ...]) so every product is one batched matmul over N.
     """
     log_var = _check(mu, log_var, min_members=2)
     n_views, n, t, d = mu.shape
-    r = t - 1
-    aleatoric, epistemic = _stats(mu, log_var)
-    mean_v = mu.mean(dim=2)                                                       # [V, N, D]
-    a = torch.einsum("tr,vntd->vnrd", _helmert(t, mu.dtype, mu.device), mu) / math.sqrt(r)          # [V, N, r, D]
-    log_prec = math.log(t) - torch.logsumexp(log_var, dim=2)                      # [V, N, D]
-    prec = log_prec.exp()
-    share = torch.softmax(log_prec, dim=0)                                         # p_v / Σ_u p_u
+    r, size = t - 1, n_views * (t - 1)
+    mean_v, variance, spread = _moments(mu, log_var)
+    a = (_helmert_coordinates(mu) / math.sqrt(r)).transpose(0, 1).contiguous()  # [N, V, r, D]
+    mean_n = mean_v.transpose(0, 1)                                              # [N, V, D]
+    prec = variance.reciprocal().transpose(0, 1)                                 # diagonal precisions p_v
+    share = _shares(prec, dim=1)                                                 # p_v / Σ_u p_u
     # Σ_{u≠v} share_u as a sum of positives (no 1 - share_v cancellation)
-    eye_v = torch.eye(n_views, dtype=mu.dtype, device=mu.device)
-    others = torch.einsum("vu,und->vnd", 1 - eye_v, share)
+    others = sum(share.roll(k, dims=1) for k in range(1, n_views))
 
     # H = I + G, G_vu = -A_v diag(p_v share_u) A_uᵀ (u ≠ v), G_vv = A_v diag(p_v Σ_{u≠v} share_u) A_vᵀ
-    cross = a * (prec * share).sqrt().unsqueeze(-2)                                # p_v/√S scaling
-    g = -torch.einsum("vnad,unbd->nvaub", cross, cross)
-    own = torch.einsum("vnad,vnd,vnbd->nvab", a, prec * others, a)
-    off = (1 - eye_v)[None, :, None, :, None]
-    g = g * off + torch.einsum("vu,nvab->nvaub", eye_v, own)
-    size = n_views * r
-    h = g.reshape(n, size, size) + torch.eye(size, dtype=mu.dtype, device=mu.device)
+    cross = (a * (prec * share).sqrt().unsqueeze(-2)).flatten(1, 2)             # [N, S, D]
+    own = (a * (prec * others).unsqueeze(-2)) @ a.transpose(-1, -2)              # [N, V, r, r]
+    eye_v = torch.eye(n_views, dtype=mu.dtype, device=mu.device).view(1, n_views, 1, n_views, 1)
+    g = -(cross @ cross.transpose(-1, -2)).view(n, n_views, r, n_views, r) * (1 - eye_v)
+    h = (g + own.unsqueeze(3) * eye_v).view(n, size, size) + torch.eye(size, dtype=mu.dtype, device=mu.device)
 
-    pooled = (share * mean_v).sum(dim=0)                                          # diagonal-precision mean
-    rhs = torch.einsum("vnrd,vnd->nvr", a, prec * (pooled - mean_v)).reshape(n, size, 1)
-    factor, s = _scaled_cholesky(h)
-    z = s.unsqueeze(-1) * torch.cholesky_solve(s.unsqueeze(-1) * rhs, factor)
-    z = z.reshape(n, n_views, r)
-    mean = pooled + torch.einsum("vnd,vnrd,nvr->nd", share, a, z)
-    weight = _shares(_precision_traces(a, prec))
-    return FusionResult(mean=mean, aleatoric=aleatoric, epistemic=epistemic, weight=weight)
+    pooled = (share * mean_n).sum(dim=1)                                         # diagonal-precision mean
+    rhs = (a * (prec * (pooled.unsqueeze(1) - mean_n)).unsqueeze(-2)).sum(dim=-1)  # [N, V, r]
+    z = _SPDSolve.apply(h, rhs.reshape(n, size, 1)).view(n, n_views, r, 1)
+    mean = pooled + (share * (a * z).sum(dim=2)).sum(dim=1)
+    weight = _shares(_precision_traces(a, prec), dim=1).transpose(0, 1)
+    return FusionResult(mean=mean, aleatoric=variance.mean(-1), epistemic=spread.mean(-1), weight=weight)
 
 
 def uniform_fusion(mu: Tensor, log_var: Tensor) -> FusionResult:
     """Baseline: every view's ensemble mean counts equally."""
     log_var = _check(mu, log_var)
-    aleatoric, epistemic = _stats(mu, log_var)
+    mean_v, variance, spread = _moments(mu, log_var)
+    aleatoric = variance.mean(-1)
     weight = torch.full_like(aleatoric, 1.0 / mu.shape[0])
-    return FusionResult(mean=mu.mean(dim=(0, 2)), aleatoric=aleatoric, epistemic=epistemic, weight=weight)
+    return FusionResult(mean=mean_v.mean(dim=0), aleatoric=aleatoric, epistemic=spread.mean(-1), weight=weight)
 
 
 def stage1_fusion(mu: Tensor, log_var: Tensor, generator: torch.Generator | None = None) -> FusionResult:
@@ -167,9 +200,9 @@ def stage1_fusion(mu: Tensor, log_var: Tensor, generator: torch.Generator | None
     mu_pick = mu.gather(2, index).squeeze(2)                                     # [V, N, D]
     lv_pick = log_var.gather(2, index).squeeze(2)
     mean = (torch.softmax(-lv_pick, dim=0) * mu_pick).sum(dim=0)
-    aleatoric, epistemic = _stats(mu, log_var)
+    _, variance, spread = _moments(mu, log_var)
     weight = _shares(torch.exp(-lv_pick).sum(dim=-1))
-    return FusionResult(mean=mean, aleatoric=aleatoric, epistemic=epistemic, weight=weight)
+    return FusionResult(mean=mean, aleatoric=variance.mean(-1), epistemic=spread.mean(-1), weight=weight)
 
 
 class UncertaintyBlock(nn.Module):
@@ -177,6 +210,9 @@ class UncertaintyBlock(nn.Module):
 
     All heads run as one batched product (first layer: one matmul with the heads'
     weights side by side; second layer: a per-head einsum), not a loop over T.
+    The input may come in parts (e.g. per-Gaussian position features and a
+    per-frame view feature): each part meets its own rows of the first layer and
+    the results broadcast, so a part shared by many rows is multiplied once.
     """
 
     def __init__(self, in_dim: int, latent_dim: int, ensemble: int, hidden_dim: int) -> None:
@@ -192,9 +228,15 @@ class UncertaintyBlock(nn.Module):
         self.b2 = nn.Parameter(torch.empty(ensemble, 2 * latent_dim).uniform_(-bound2, bound2))
         self.act = nn.SiLU()
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x [..., in_dim] -> mu, log_var [..., T, D]."""
-        hidden = self.act(x @ self.w1 + self.b1).unflatten(-1, (self.ensemble, self.hidden_dim))
+    def forward(self, *parts: Tensor) -> tuple[Tensor, Tensor]:
+        """parts [..., d_i] with Σ d_i = in_dim (broadcastable leading dims) -> mu, log_var [..., T, D]."""
+        sizes = [part.shape[-1] for part in parts]
+        if not parts or sum(sizes) != self.w1.shape[0]:
+            raise ValueError(f"input parts of sizes {sizes} do not add up to in_dim={self.w1.shape[0]}")
+        pre = self.b1
+        for part, weight in zip(parts, self.w1.split(sizes)):
+            pre = pre + part @ weight
+        hidden = self.act(pre).unflatten(-1, (self.ensemble, self.hidden_dim))
         out = torch.einsum("...th,tho->...to", hidden, self.w2) + self.b2
         mu, log_var = out.split(self.latent_dim, dim=-1)
         return mu, log_var
