@@ -77,7 +77,7 @@ def main() -> None:
     out = pipe(wav, emotion="happy", size=a.size, batch_size=a.batch)
     pipeline_s = time.perf_counter() - start
     t0 = time.perf_counter()
-    heatmap_grid(out.uncertainty, out.views, out.kinds)
+    heatmap_grid(out.uncertainty, out.views, out.kinds, device=pipe.device)
     heat_s = time.perf_counter() - t0
     n = len(out.frames)
     total = pipeline_s + heat_s
@@ -90,7 +90,7 @@ def main() -> None:
     print(f"| decode + features | {out.timings['decode'] + out.timings['features']:.2f} | | |")
     print(f"| deformation (stage 2, all views) + rasterization + maps | {out.timings['render']:.2f} | "
           f"{n / out.timings['render']:.1f} | {out.timings['render'] / a.seconds:.3f} |")
-    print(f"| heatmap grid (CPU, numpy) | {heat_s:.2f} | {n / heat_s:.1f} | {heat_s / a.seconds:.3f} |")
+    print(f"| heatmap grid (colouring on the same device) | {heat_s:.2f} | {n / heat_s:.1f} | {heat_s / a.seconds:.3f} |")
     print(f"| **whole pipeline** | {total:.2f} | **{n / total:.1f}** | {total / a.seconds:.3f} |")
     print(f"| rasterization only (canonical Gaussians) | | {raster:.1f} | |")
 

@@ -129,7 +129,7 @@ def test_head_pose_recovers_known_rotation(dataset: Path) -> None:
     for k, a in enumerate(yaws):
         rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
         frames.append((1 + 0.05 * np.sin(k)) * shape @ rot.T + [OUT / 2 + 3 * np.cos(k), OUT / 2 + 2 * np.sin(k), 0])
-    K, viewmats, canonical, err = pp.fit_head_pose(np.stack(frames).astype(np.float32), OUT)
+    K, viewmats, canonical, err = pp.fit_head_pose(np.stack(frames).astype(np.float32), OUT, smoothing=0)
     assert err.mean() < 0.5
     rel = viewmats[-1, :3, :3] @ viewmats[0, :3, :3].T
     yaw = np.degrees(np.arctan2(rel[0, 2], rel[2, 2]))
@@ -237,3 +237,29 @@ def test_one_crop_box_per_camera() -> None:
 def test_clips_share_the_crop_box(dataset: Path) -> None:
     meta = json.loads((dataset / "meta.json").read_text())
     assert len({tuple(c["crop"]) for c in meta["clips"]}) == 1
+
+
+def test_pose_smoothing_removes_jitter_within_clips_only() -> None:
+    """Fast pitch jitter on a slow yaw sweep is removed; the sweep and a jump
+    between two clips are kept; rotations stay rotations."""
+    def rotation(yaw: float, pitch: float) -> np.ndarray:
+        cy, sy, cp, sp = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)
+        return np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]) @ np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+
+    t = np.arange(60)
+    yaw = np.deg2rad(np.where(t < 30, 0.2 * t, 20.0))          # clip 2 starts 14° further on
+    pitch = np.deg2rad(2.0 * (-1.0) ** t)                        # frame-to-frame jitter
+    views = np.tile(np.eye(4), (60, 1, 1))
+    views[:, :3, :3] = [rotation(a, b) for a, b in zip(yaw, pitch)]
+    views[:, 2, 3] = 8.0
+    smooth = pp.smooth_poses(views, [30, 30])
+    rot = smooth[:, :3, :3]
+    assert np.allclose(rot @ rot.transpose(0, 2, 1), np.eye(3), atol=1e-9)
+    assert np.allclose(np.linalg.det(rot), 1.0)
+    pitch_out = np.degrees(np.arcsin(rot[:, 2, 1]))
+    inner = np.r_[5:25, 35:55]                                    # away from the clips' ends
+    assert np.abs(pitch_out[inner]).max() < 0.3                   # 2° of jitter -> under 0.3°
+    yaw_out = np.degrees(np.arctan2(rot[:, 0, 2], rot[:, 2, 2]))
+    assert np.abs(yaw_out[5:25] - np.degrees(yaw[5:25])).max() < 0.5
+    assert yaw_out[30] - yaw_out[29] > 13                        # no blur across the clip boundary
+    assert np.allclose(smooth[:, 2, 3], 8.0)

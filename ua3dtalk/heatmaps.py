@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import matplotlib
 import numpy as np
+import torch
 from matplotlib import font_manager
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
@@ -41,11 +42,17 @@ def colormap_lut(name: str) -> np.ndarray:
     return (matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
 
 
-def colorize(values: np.ndarray, lo: float, hi: float, cmap: str) -> np.ndarray:
-    """Map values in [lo, hi] (clipped) to RGB uint8 with the colour map; NaN -> lo."""
+def colorize(values: np.ndarray | torch.Tensor, lo: float, hi: float, cmap: str) -> np.ndarray | torch.Tensor:
+    """Map values in [lo, hi] (clipped) to RGB uint8 with the colour map; NaN -> lo.
+
+    A tensor stays on its device (the whole video's maps are coloured on the
+    GPU when they are there); an array gives an array."""
+    as_array = not isinstance(values, torch.Tensor)
+    t = torch.as_tensor(np.asarray(values, dtype=np.float32)) if as_array else values.float()
     span = hi - lo if hi > lo else 1.0
-    t = np.nan_to_num((np.asarray(values, dtype=np.float32) - lo) / span, nan=0.0)
-    return colormap_lut(cmap)[(np.clip(t, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)]
+    index = (((t - lo) / span).nan_to_num(0.0).clamp(0.0, 1.0) * 255 + 0.5).long()
+    rgb = torch.from_numpy(colormap_lut(cmap)).to(t.device)[index]
+    return rgb.numpy() if as_array else rgb
 
 
 def fixed_scale(uncertainty: np.ndarray, kinds: Sequence[str], max_frames: int = 64) -> dict[str, tuple[float, float]]:
@@ -104,12 +111,13 @@ def _layout(views: Sequence[str], kinds: Sequence[str], tile: tuple[int, int],
 
 
 def heatmap_grid(uncertainty: np.ndarray, views: Sequence[str], kinds: Sequence[str],
-                 scale: Mapping[str, tuple[float, float]] | None = None) -> np.ndarray:
+                 scale: Mapping[str, tuple[float, float]] | None = None,
+                 device: str | torch.device = "cpu") -> np.ndarray:
     """[T, V, K, h, w] maps -> [T, H, W, 3] uint8 grid frames (rows = kinds,
     columns = views) with view/kind labels and one colour bar per kind.
 
     ``scale`` maps kind -> (lo, hi); by default :func:`fixed_scale` over the
-    whole video."""
+    whole video. The colouring runs on ``device`` (the pipeline's GPU if any)."""
     uncertainty = np.asarray(uncertainty)
     if uncertainty.ndim != 5:
         raise ValueError(f"uncertainty must be [T,V,K,h,w], got shape {uncertainty.shape}")
@@ -122,16 +130,19 @@ def heatmap_grid(uncertainty: np.ndarray, views: Sequence[str], kinds: Sequence[
     if missing:
         raise ValueError(f"no scale for kinds {missing}")
     canvas, corners = _layout(views, kinds, (h, w), scale)
-    out = np.broadcast_to(canvas, (n_frames, *canvas.shape)).copy()
+    out = np.empty((n_frames, *canvas.shape), np.uint8)
+    device = torch.device(device)
+    frame = torch.from_numpy(canvas).to(device)
     chunk = 64
     for start in range(0, n_frames, chunk):
-        block = uncertainty[start:start + chunk]
+        block = torch.from_numpy(np.ascontiguousarray(uncertainty[start:start + chunk])).to(device)
+        grid = frame.expand(len(block), *frame.shape).clone()
         for k, kind in enumerate(kinds):
-            lo, hi = scale[kind]
-            rgb = colorize(block[:, :, k], lo, hi, CMAPS.get(kind, "magma"))  # [t, V, h, w, 3]
+            rgb = colorize(block[:, :, k], *scale[kind], CMAPS.get(kind, "magma"))  # [t, V, h, w, 3]
             for v in range(n_views):
                 y, x = corners[k][v]
-                out[start:start + chunk, y:y + h, x:x + w] = rgb[:, v]
+                grid[:, y:y + h, x:x + w] = rgb[:, v]
+        out[start:start + len(block)] = grid.cpu().numpy()
     return out
 
 

@@ -223,7 +223,7 @@ def render_to_files(subject: str, audio: str | Path, out: str | Path, emotion: s
     if heatmaps is not None:
         folder = Path(heatmaps)
         folder.mkdir(parents=True, exist_ok=True)
-        grid = heat.heatmap_grid(result.uncertainty, result.views, result.kinds)
+        grid = heat.heatmap_grid(result.uncertainty, result.views, result.kinds, device=pipe.device)
         write_video(folder / "uncertainty.mp4", grid, result.fps, result.audio, result.sample_rate)
         sheet = [image for image, _ in heat.keyframes(result.frames, grid, result.fps)]
         Image.fromarray(np.concatenate(sheet, axis=0)).save(folder / "keyframes.png")

@@ -39,6 +39,8 @@ MOUTH_UPPER, MOUTH_LOWER = 13, 14   # MediaPipe inner-lip midpoints
 FACE_LABEL, MOUTH_LABEL = MASK_LABELS["face"], MASK_LABELS["mouth"]
 STATE_NAME = "training_state.safetensors"
 DEFAULT_ITERATIONS = {"demo": 6000, "paper": 30000}
+# Gaussians at most: the demo keeps its checkpoint under 25 MB (about 150 bytes per Gaussian)
+DEFAULT_MAX_GAUSSIANS = {"demo": 80_000, "paper": 300_000}
 _DENSITY_STATS = ("grad_accum", "denom", "max_radii")  # density control's running statistics
 
 
@@ -67,7 +69,7 @@ class TrainOptions:
     densify_every: int = 100
     densify_until: float = 0.7
     grad_threshold: float = 2e-4
-    max_gaussians: int = 120_000
+    max_gaussians: int | None = None   # default: the preset's (DEFAULT_MAX_GAUSSIANS)
     # bookkeeping
     log_every: int = 25
     save_every: int = 1000
@@ -177,6 +179,7 @@ class Trainer:
             self.table = self.data.stacked(self.device)
             self.model = self._fresh_model()
         self.total = options.iterations or DEFAULT_ITERATIONS[self.cfg.preset]
+        self.max_gaussians = options.max_gaussians or DEFAULT_MAX_GAUSSIANS[self.cfg.preset]
         self.extractor = audio_io.get_extractor(self.cfg.audio_features, device=str(self.device))
         audio_io.check_features(self.cfg.audio_features, self.cfg.audio_dim, self.extractor)
         self.features = [self._clip_features(c) for c in range(len(self.data.clips))]
@@ -336,7 +339,7 @@ class Trainer:
             density.accumulate(grad[:, lo:hi], out.radii[:, lo:hi], size, size)
             total = self.model.face.num_points + self.model.mouth.num_points
             if (since > 0 and since % o.densify_every == 0 and self.step < self.total * o.densify_until
-                    and total < o.max_gaussians):
+                    and total < self.max_gaussians):
                 density.densify_and_prune(grad_threshold=o.grad_threshold, min_opacity=0.005,
                                           extent=self._extent(), max_screen_size=size / 4)
         if since > 0 and since % o.densify_every == 0:
@@ -443,13 +446,15 @@ class Trainer:
                 setattr(density, key, self._density_state[f"density/{name}/{key}"].to(self.device))
 
 
-def train(data: str | Path, out: str | Path, options: TrainOptions | None = None) -> Path:
+def train(data: str | Path, out: str | Path, options: TrainOptions | None = None, evaluate: bool = True) -> Path:
     """The ``ua3dtalk train`` command: train (or resume) and evaluate on held-out clips."""
     from ua3dtalk.evaluate import evaluate_model
 
     options = options or TrainOptions()
     trainer = Trainer(data, out, options)
     trainer.run()
+    if not evaluate:
+        return Path(out)
     report = evaluate_model(trainer.model, data, split="heldout", size=trainer.data.size)
     report["train_seconds"] = round(trainer.train_seconds, 1)
     report["iterations"] = trainer.total

@@ -95,6 +95,14 @@ def _scaled_cholesky(m: Tensor) -> tuple[Tensor, Tensor]:
     return factor, s
 
 
+def _cholesky_solve(factor: Tensor, s: Tensor, b: Tensor) -> Tensor:
+    """m⁻¹ b from :func:`_scaled_cholesky`'s (L, s). Two triangular solves: on
+    CUDA these batch through cuBLAS, several times faster than cholesky_solve
+    (and cholesky_inverse) for the many tiny systems here."""
+    y = torch.linalg.solve_triangular(factor, s.unsqueeze(-1) * b, upper=False)
+    return s.unsqueeze(-1) * torch.linalg.solve_triangular(factor.transpose(-1, -2), y, upper=True)
+
+
 class _SPDSolve(torch.autograd.Function):
     """x = m⁻¹ b for a batch of SPD m. The backward reuses the forward's factor
     (∂b = m⁻¹ ∂x, ∂m = -∂b xᵀ) instead of differentiating the factorisation,
@@ -103,14 +111,14 @@ class _SPDSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, m: Tensor, b: Tensor) -> Tensor:  # noqa: ANN001
         factor, s = _scaled_cholesky(m)
-        x = s.unsqueeze(-1) * torch.cholesky_solve(s.unsqueeze(-1) * b, factor)
+        x = _cholesky_solve(factor, s, b)
         ctx.save_for_backward(factor, s, x)
         return x
 
     @staticmethod
     def backward(ctx, grad_x: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
         factor, s, x = ctx.saved_tensors
-        grad_b = s.unsqueeze(-1) * torch.cholesky_solve(s.unsqueeze(-1) * grad_x, factor)
+        grad_b = _cholesky_solve(factor, s, grad_x)
         return -grad_b @ x.transpose(-1, -2), grad_b
 
 
@@ -120,7 +128,9 @@ class _SPDInverse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, m: Tensor) -> Tensor:  # noqa: ANN001
         factor, s = _scaled_cholesky(m)
-        inverse = torch.cholesky_inverse(factor) * s.unsqueeze(-1) * s.unsqueeze(-2)
+        eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device).expand_as(m)
+        inverse_factor = torch.linalg.solve_triangular(factor, eye, upper=False) * s.unsqueeze(-2)
+        inverse = inverse_factor.transpose(-1, -2) @ inverse_factor        # s L⁻ᵀ L⁻¹ s
         ctx.save_for_backward(inverse)
         return inverse
 

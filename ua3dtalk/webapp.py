@@ -213,7 +213,7 @@ class App:
         progress(0.82, desc="encoding video")
         video = write_video(folder / "talking_face.mp4", result.frames, result.fps, result.audio, result.sample_rate)
         progress(0.88, desc="colour-mapping uncertainty")
-        grid = heatmap_grid(result.uncertainty, result.views, result.kinds)
+        grid = heatmap_grid(result.uncertainty, result.views, result.kinds, device=pipe.device)
         progress(0.92, desc="encoding heatmap video")
         heat = write_video(folder / "uncertainty.mp4", grid, result.fps, result.audio, result.sample_rate)
         gallery = keyframes(result.frames, grid, result.fps, count=6, notes=result.emotions)
