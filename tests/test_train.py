@@ -58,3 +58,19 @@ def test_checkpoint_round_trip(tiny_trainer):
         assert torch.equal(value, trained[key]), key
     assert not list(folder.glob("*.pt")) and not list(folder.glob("*.bin"))
     assert model.face.num_points > 0 and model.mouth.num_points > 0
+
+
+def test_density_control_runs_when_the_render_phase_starts_between_steps(tiny_subject, tmp_path):
+    """37 iterations put the end of the priors phase at step 3.7: densification
+    must still come every ``densify_every`` steps after the first render step."""
+    trainer = Trainer(tiny_subject, tmp_path / "d", tiny_options(iterations=37, save_every=10**6))
+    calls = []
+    original = trainer.face_density.densify_and_prune
+
+    def counted(**kwargs):  # noqa: ANN003, ANN202
+        calls.append(trainer.step)
+        return original(**kwargs)
+
+    trainer.face_density.densify_and_prune = counted
+    trainer.run(until=17)
+    assert calls == [10, 16]   # steps 4 + 6 and 4 + 12 (counted before the step increments)

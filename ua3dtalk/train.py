@@ -17,6 +17,7 @@ deformation size; 3DGS densification and pruning on both Gaussian sets.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -325,8 +326,8 @@ class Trainer:
 
     def _densify(self, out, phase: str) -> None:  # noqa: ANN001
         o = self.opt
-        render_start = self.total * o.priors_until
-        since = self.step - render_start
+        # the first rendering step is a whole number even when total x priors_until is not
+        since = self.step - math.ceil(self.total * o.priors_until)
         n_face = self.model.face.num_points
         grad = out.means2d.grad
         if grad is None:
