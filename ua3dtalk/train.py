@@ -41,7 +41,7 @@ FACE_LABEL, MOUTH_LABEL = MASK_LABELS["face"], MASK_LABELS["mouth"]
 STATE_NAME = "training_state.safetensors"
 DEFAULT_ITERATIONS = {"demo": 6000, "paper": 30000}
 # Gaussians at most: the demo keeps its checkpoint under 25 MB (about 150 bytes per Gaussian)
-DEFAULT_MAX_GAUSSIANS = {"demo": 80_000, "paper": 300_000}
+DEFAULT_MAX_GAUSSIANS = {"demo": 64_000, "paper": 300_000}
 _DENSITY_STATS = ("grad_accum", "denom", "max_radii")  # density control's running statistics
 
 
