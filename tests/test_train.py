@@ -74,3 +74,17 @@ def test_density_control_runs_when_the_render_phase_starts_between_steps(tiny_su
     trainer.face_density.densify_and_prune = counted
     trainer.run(until=17)
     assert calls == [10, 16]   # steps 4 + 6 and 4 + 12 (counted before the step increments)
+
+
+def test_audio_and_style_nets_learn_from_the_image_loss_with_the_expert_frozen(tiny_subject, tmp_path):
+    """After the priors phase the deformation's audio views train end to end;
+    the lip-sync expert (the content view) keeps its pretrained weights."""
+    trainer = Trainer(tiny_subject, tmp_path / "p", tiny_options(iterations=10, save_every=10**6))
+    trainer.run(until=1)                                  # priors
+    prior = trainer.model.prior
+    before = {k: v.detach().clone() for k, v in prior.state_dict().items()}
+    trainer.run(until=5)                                  # mouth and face phases
+    after = prior.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert {"audio_net", "style"} <= changed
+    assert "lip_expert" not in changed

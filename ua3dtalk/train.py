@@ -246,9 +246,11 @@ class Trainer:
     def _trainable(self, phase: str) -> set[str]:
         return {
             "priors": {"prior", "emotion"},
-            "mouth": {"mouth", "mouth_net"},
-            "face": {"face", "face_net", "emotion"},
-            "fusion": {"face", "mouth", "face_net", "mouth_net", "emotion"},
+            # the windowed audio net and style encoder learn from the image loss
+            # (the lip expert inside ``prior`` stays frozen: see _zero_frozen_grads)
+            "mouth": {"mouth", "mouth_net", "prior"},
+            "face": {"face", "face_net", "emotion", "prior"},
+            "fusion": {"face", "mouth", "face_net", "mouth_net", "emotion", "prior"},
         }[phase]
 
     def _zero_frozen_grads(self, phase: str) -> None:
