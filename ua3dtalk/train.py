@@ -171,21 +171,19 @@ class Trainer:
         resume = options.resume and (self.out / STATE_NAME).is_file()
         if options.resume and not resume:
             raise FileNotFoundError(f"--resume: no training state in {self.out} ({STATE_NAME} missing)")
+        self.table = self.data.stacked(self.device)
         if resume:
             self.model = load_checkpoint(self.out, self.device).train()
             self.cfg = self.model.cfg
         else:
             self.cfg = replace(preset(options.preset), fusion=options.fusion, codebooks=options.codebooks,
                                image_size=self.data.size)
-            self.table = self.data.stacked(self.device)
             self.model = self._fresh_model()
         self.total = options.iterations or DEFAULT_ITERATIONS[self.cfg.preset]
         self.max_gaussians = options.max_gaussians or DEFAULT_MAX_GAUSSIANS[self.cfg.preset]
         self.extractor = audio_io.get_extractor(self.cfg.audio_features, device=str(self.device))
         audio_io.check_features(self.cfg.audio_features, self.cfg.audio_dim, self.extractor)
         self.features = [self._clip_features(c) for c in range(len(self.data.clips))]
-        if resume:
-            self.table = self.data.stacked(self.device)
         self.optimizer = self._optimizer()
         self.step = 0
         self.history: list[dict[str, float | str]] = []
@@ -330,6 +328,7 @@ class Trainer:
         o = self.opt
         # the first rendering step is a whole number even when total x priors_until is not
         since = self.step - math.ceil(self.total * o.priors_until)
+        due = since > 0 and since % o.densify_every == 0
         n_face = self.model.face.num_points
         grad = out.means2d.grad
         if grad is None:
@@ -341,11 +340,10 @@ class Trainer:
                 continue
             density.accumulate(grad[:, lo:hi], out.radii[:, lo:hi], size, size)
             total = self.model.face.num_points + self.model.mouth.num_points
-            if (since > 0 and since % o.densify_every == 0 and self.step < self.total * o.densify_until
-                    and total < self.max_gaussians):
+            if due and self.step < self.total * o.densify_until and total < self.max_gaussians:
                 density.densify_and_prune(grad_threshold=o.grad_threshold, min_opacity=0.005,
                                           extent=self._extent(), max_screen_size=size / 4)
-        if since > 0 and since % o.densify_every == 0:
+        if due:
             self.model.fit_bounds()
 
     def _extent(self) -> float:

@@ -127,10 +127,8 @@ class _SPDInverse(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, m: Tensor) -> Tensor:  # noqa: ANN001
-        factor, s = _scaled_cholesky(m)
         eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device).expand_as(m)
-        inverse_factor = torch.linalg.solve_triangular(factor, eye, upper=False) * s.unsqueeze(-2)
-        inverse = inverse_factor.transpose(-1, -2) @ inverse_factor        # s L⁻ᵀ L⁻¹ s
+        inverse = _cholesky_solve(*_scaled_cholesky(m), eye)
         ctx.save_for_backward(inverse)
         return inverse
 

@@ -4,11 +4,12 @@
 Steps per video: probe (video + audio stream), audio to 16 kHz mono, frames
 resampled by ffmpeg to a constant 25 fps (variable or other frame rates are
 converted, not refused), face mesh on the full frames; one static crop box
-per camera (all videos of one frame size share it), then crop/resize, face mesh + selfie segmentation on the crops. After all
-videos: gap filling and zero-lag smoothing of the landmarks, a shared
-reference head shape and per-frame cameras, label masks, eye/mouth signals and
-a background plate. Everything is written to a temporary sibling folder that
-is renamed into place only when complete.
+per camera (all videos of one frame size share it), then crop/resize, face
+mesh + selfie segmentation on the crops. After all videos: gap filling and
+zero-lag smoothing of the landmarks, a shared reference head shape and
+per-frame cameras (smoothed in time per clip), label masks, eye/mouth signals
+and a background plate. Everything is written to a temporary sibling folder
+that is renamed into place only when complete.
 """
 from __future__ import annotations
 
