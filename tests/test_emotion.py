@@ -32,10 +32,11 @@ def test_distillation_shapes(b: int, t: int, crops: bool) -> None:
     assert out["distill"].shape == ()
     if crops:
         assert out["visual_logits"].shape == (b, CFG.n_emotions)
-        assert torch.equal(out["embedding"], out["teacher"]) and out["distill"] > 0
+        assert out["teacher"].shape == (b, d) and out["distill"] > 0
     else:
-        assert "visual_logits" not in out and "teacher" not in out
-        assert torch.equal(out["embedding"], out["student"]) and out["distill"] == 0
+        assert "visual_logits" not in out and "teacher" not in out and out["distill"] == 0
+    # the deformation is driven by the student at training too: the same embedding with and without crops
+    assert torch.equal(out["embedding"], out["student"])
 
 
 def test_scalar_label_and_intensity_broadcast() -> None:

@@ -88,3 +88,30 @@ def test_audio_and_style_nets_learn_from_the_image_loss_with_the_expert_frozen(t
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert {"audio_net", "style"} <= changed
     assert "lip_expert" not in changed
+
+
+def test_a_non_finite_step_is_skipped_and_a_run_of_them_is_a_clear_error(tiny_subject, tmp_path):
+    import pytest
+
+    trainer = Trainer(tiny_subject, tmp_path / "n", tiny_options(iterations=10, save_every=10**6))
+    trainer.run(until=3)                                  # into the render phases
+    original = trainer._render_loss
+    poisoned = []
+
+    def once_nan(*args):  # noqa: ANN002, ANN202
+        loss, stats, out = original(*args)
+        if not poisoned:
+            poisoned.append(trainer.step)
+            return loss * float("nan"), stats, out
+        return loss, stats, out
+
+    trainer._render_loss = once_nan
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run(until=4)
+    assert poisoned == [3] and trainer.step == 4 and trainer.skipped_total == 1
+    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values() if v.is_floating_point())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+    trainer._render_loss = lambda *args: (lambda r: (r[0] * float("nan"), r[1], r[2]))(original(*args))
+    with pytest.raises(RuntimeError, match="diverged"):
+        trainer.run(until=6)

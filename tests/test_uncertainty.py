@@ -190,13 +190,17 @@ def test_uncertainty_block_shapes_and_heads_are_independent():
     assert all(p.grad is not None for p in block.parameters())
 
 
-def test_hand_written_backward_passes_gradcheck():
-    """The solves' closed-form backward against finite differences (float64)."""
-    mu, lv = random_inputs(v=3, n=2, t=4, d=5, seed=3)
+@pytest.mark.parametrize("outputs", ["mean", "weight", "both"])
+@pytest.mark.parametrize("case", ["random", "badly_conditioned"])
+def test_hand_written_backward_passes_gradcheck(outputs, case):
+    """The closed-form backward against finite differences (float64), for the
+    fused mean and the fusion weights alone and together."""
+    kwargs = {**CASES[case], "lv_range": (-3.0, 3.0)} if case != "random" else {}
+    mu, lv = random_inputs(**{**kwargs, "v": 3, "n": 2, "t": 4, "d": 5})
     mu.requires_grad_()
     lv.requires_grad_()
-    assert torch.autograd.gradcheck(lambda m, l: (lambda r: (r.mean, r.weight))(precision_fusion(m, l)),
-                                    (mu, lv), eps=1e-6, atol=1e-6)
+    pick = {"mean": lambda r: r.mean, "weight": lambda r: r.weight, "both": lambda r: (r.mean, r.weight)}[outputs]
+    assert torch.autograd.gradcheck(lambda m, l: pick(precision_fusion(m, l)), (mu, lv), eps=1e-6, atol=1e-6)
 
 
 def test_uncertainty_block_parts_match_the_concatenated_input():

@@ -33,7 +33,7 @@ class DeformOutput:
     aleatoric: Tensor             # [B, V, N]
     epistemic: Tensor             # [B, V, N]
     weight: Tensor                # [B, V, N]
-    nll: Tensor                   # scalar: NLL of the detached fused latent under each view's ensemble
+    nll: Tensor                   # scalar: NLL of the fused latent under each view's variances (means detached)
 
 
 class MultiHeadDecoder(nn.Module):
@@ -129,10 +129,12 @@ class MotionNetwork(nn.Module):
         out = self.decoder(torch.cat([fused.mean, pos_b], dim=-1))
         out = {k: v.view(batch, n, -1) for k, v in out.items()}
 
-        # trains mean and variance heads to explain the fused latent (the heads' own target)
+        # calibrates the variance heads to each view's actual miss of the fused latent. The means are
+        # detached: pulled onto the fused latent they would agree with whichever view dominates it,
+        # whose variance then shrinks further (a feedback that silences the other views)
         lv = log_var.clamp(*LOG_VAR_RANGE)
-        target = fused.mean.detach()[None, :, None, :]
-        nll = 0.5 * (lv + (target - mu).square() * torch.exp(-lv)).mean()
+        miss = fused.mean.detach()[None, :, None, :] - mu.detach()
+        nll = 0.5 * (lv + miss.square() * torch.exp(-lv)).mean()
 
         def per_frame(stat: Tensor) -> Tensor:                                    # [V, B*N] -> [B, V, N]
             return stat.view(len(self.views), batch, n).transpose(0, 1)

@@ -193,13 +193,14 @@ def _per_sample(value: Tensor | float | int, n: int, dtype: torch.dtype, device:
 class EmotionDistillation(nn.Module):
     """Speech + chosen emotion (+ face crops at training) -> the emotion embedding.
 
-    ``embedding`` (what the deformation uses) is the *teacher* fusion (audio +
-    visual + label) when face crops are given, i.e. at training, so that the
-    image loss also trains the expression encoder and the deformation learns
-    from the best-informed signal; without crops (inference) it is the
-    *student* fusion (audio + label). ``distill`` pulls the student onto the
-    teacher, which is what makes the switch safe; both are returned too.
-    The per-Gaussian encoding lives in ``encoding`` (``encoding(xyz, embedding)``).
+    ``embedding`` (what the deformation uses) is always the *student* fusion
+    (audio + label), at training as at inference: the visual teacher sees the
+    ground-truth face, so a deformation trained on its embedding would read
+    each frame's expression (mouth included) from the picture it has to draw,
+    and fall back to a mean face at inference, where no picture exists. With
+    face crops, the teacher fusion (audio + visual + label) is computed too and
+    ``distill`` pulls the student onto it. The per-Gaussian encoding lives in
+    ``encoding`` (``encoding(xyz, embedding)``).
     """
 
     def __init__(self, cfg: ModelConfig, codebooks: bool | None = None) -> None:
@@ -216,17 +217,16 @@ class EmotionDistillation(nn.Module):
         b, dev = frames.shape[0], frames.device
         audio, audio_logits = self.speech(features, frames)
         wanted = self.label(_per_sample(label, b, torch.long, dev), _per_sample(intensity, b, audio.dtype, dev))
-        student, student_weights = self.fusion(audio, wanted)
-        out = {"student": student, "audio_logits": audio_logits}
+        student, weights = self.fusion(audio, wanted)
+        out = {"embedding": student, "student": student, "weights": weights, "audio_logits": audio_logits}
         if face_crops is None:
-            out.update(embedding=student, weights=student_weights, distill=audio.new_zeros(()))
+            out["distill"] = audio.new_zeros(())
             return out
         if face_crops.shape[0] != b:
             raise ValueError(f"face_crops has {face_crops.shape[0]} crops for {b} frames")
         visual, visual_logits = self.expression(face_crops)
-        teacher, teacher_weights = self.fusion(audio, wanted, visual)
-        out.update(embedding=teacher, teacher=teacher, weights=teacher_weights, visual_logits=visual_logits,
-                   distill=distillation_loss(student, teacher))
+        teacher, _ = self.fusion(audio, wanted, visual)
+        out.update(teacher=teacher, visual_logits=visual_logits, distill=distillation_loss(student, teacher))
         return out
 
     @torch.no_grad()

@@ -22,6 +22,7 @@ from ua3dtalk.emotion import EmotionDistillation
 from ua3dtalk.gaussians import GaussianModel
 from ua3dtalk.prior import PriorExtractor
 from ua3dtalk.render import rasterize
+from ua3dtalk.standardize import RunningStandardizer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -83,6 +84,9 @@ class TalkingHead(nn.Module):
         emotion_dim = self.emotion.encoding.out_dim
         view_dims = {"audio": cfg.audio_feat_dim + 1, "content": cfg.content_dim,
                      "style": cfg.style_dim, "emotion": emotion_dim}
+        # the views' per-frame features and the emotion embedding, standardised (see ua3dtalk.standardize)
+        self.view_norms = nn.ModuleDict({**{v: RunningStandardizer(d) for v, d in view_dims.items() if v != "emotion"},
+                                         "emotion": RunningStandardizer(cfg.emotion_dim)})
         self.face_net = face_network(cfg, view_dims)
         self.mouth_net = mouth_network(cfg, view_dims)
         size = cfg.image_size
@@ -130,8 +134,10 @@ class TalkingHead(nn.Module):
         prior = self.prior(cond.features, cond.frames)
         emotion = self.emotion(cond.features, cond.frames, cond.emotion, cond.intensity, cond.face_crops)
         audio_view = torch.cat([prior["audio"], cond.eye[:, None].to(prior["audio"])], dim=-1)
-        views = {"audio": audio_view, "content": prior["content"], "style": prior["style"]}
-        face_views = {**views, "emotion": self.emotion.encoding(self.face.xyz, emotion["embedding"])}
+        raw = {"audio": audio_view, "content": prior["content"], "style": prior["style"]}
+        views = {name: self.view_norms[name](feat) for name, feat in raw.items()}
+        emotion_feat = self.emotion.encoding(self.face.xyz, self.view_norms["emotion"](emotion["embedding"]))
+        face_views = {**views, "emotion": emotion_feat}
         face = self.face_net(self.face.xyz, face_views, fusion=fusion, stage=stage)
         mouth = self.mouth_net(self.mouth.xyz, views, fusion=fusion, stage=stage)
 

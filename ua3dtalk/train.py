@@ -43,6 +43,7 @@ DEFAULT_ITERATIONS = {"demo": 6000, "paper": 30000}
 # Gaussians at most: the demo keeps its checkpoint under 25 MB (about 150 bytes per Gaussian)
 DEFAULT_MAX_GAUSSIANS = {"demo": 64_000, "paper": 300_000}
 _DENSITY_STATS = ("grad_accum", "denom", "max_radii")  # density control's running statistics
+MAX_SKIPPED_STEPS = 20  # non-finite steps in a row before training stops as diverged
 
 
 @dataclass
@@ -186,6 +187,7 @@ class Trainer:
         self.features = [self._clip_features(c) for c in range(len(self.data.clips))]
         self.optimizer = self._optimizer()
         self.step = 0
+        self.skipped = self.skipped_total = 0   # non-finite steps: in a row, and in this run
         self.history: list[dict[str, float | str]] = []
         self.train_seconds = 0.0
         if resume:
@@ -346,6 +348,20 @@ class Trainer:
         if due:
             self.model.fit_bounds()
 
+    def _finite_step(self, loss: Tensor, phase: str) -> bool:
+        """False (and the step is skipped, as a mixed-precision scaler would) when the loss or a
+        gradient is not finite; a run of such steps means training has diverged: a clear error."""
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        self.skipped = 0 if finite else self.skipped + 1
+        if self.skipped:
+            self.skipped_total += 1
+            print(f"warning: non-finite loss or gradient at step {self.step} ({phase}); step skipped", flush=True)
+        if self.skipped >= MAX_SKIPPED_STEPS:
+            raise RuntimeError(f"training diverged at step {self.step} ({phase}): {self.skipped} steps in a row "
+                               f"had a non-finite loss or gradient (last loss {float(loss)})")
+        return finite
+
     def _extent(self) -> float:
         xyz = self.model.face.xyz.detach()
         return float((xyz - xyz.mean(0)).norm(dim=-1).max())
@@ -368,10 +384,11 @@ class Trainer:
                 out = None
             else:
                 loss, stats, out = self._render_loss(*self._batch(), phase)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"training diverged at step {self.step} ({phase}): loss {float(loss)}")
-            loss.backward()
-            self._zero_frozen_grads(phase)
+            if torch.isfinite(loss):
+                loss.backward()
+                self._zero_frozen_grads(phase)
+            if not self._finite_step(loss, phase):
+                continue
             self.optimizer.step()
             if out is not None:
                 self._densify(out, phase)

@@ -103,50 +103,76 @@ def _cholesky_solve(factor: Tensor, s: Tensor, b: Tensor) -> Tensor:
     return s.unsqueeze(-1) * torch.linalg.solve_triangular(factor.transpose(-1, -2), y, upper=True)
 
 
-class _SPDSolve(torch.autograd.Function):
-    """x = m⁻¹ b for a batch of SPD m. The backward reuses the forward's factor
-    (∂b = m⁻¹ ∂x, ∂m = -∂b xᵀ) instead of differentiating the factorisation,
-    which is several times dearer than the solve itself."""
+class _ProductOfViews(torch.autograd.Function):
+    """The fused mean and each view's precision trace, with a hand-written backward.
+
+    Inputs per Gaussian and view: a [N, V, r, D] (Σ_v = aᵀa + diag(variance)),
+    the ensemble mean [N, V, D] and the mean variance [N, V, D]. The backward
+    never differentiates the factorisation: with λ = Σ⁻¹-weighted adjoint
+    (one more solve with the forward's factor) the gradient of the fused mean
+    w.r.t. each Σ_v is the rank-one -(Σ_v⁻¹λ)(Σ_v⁻¹(μ̄_v - μ))ᵀ, and both
+    Σ_v⁻¹ products come from the latent solutions (no per-view solve). The
+    traces' gradient -Σ_v⁻² goes through the (r x r) Woodbury capacitance.
+    """
 
     @staticmethod
-    def forward(ctx, m: Tensor, b: Tensor) -> Tensor:  # noqa: ANN001
-        factor, s = _scaled_cholesky(m)
-        x = _cholesky_solve(factor, s, b)
-        ctx.save_for_backward(factor, s, x)
-        return x
+    def forward(ctx, a: Tensor, mean_n: Tensor, variance: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        n, n_views, r, d = a.shape
+        size = n_views * r
+        prec = variance.reciprocal()                                              # diagonal precisions p_v
+        share = _shares(prec, dim=1)                                              # p_v / Σ_u p_u
+        # Σ_{u≠v} share_u as a sum of positives (no 1 - share_v cancellation)
+        others = sum(share.roll(k, dims=1) for k in range(1, n_views))
+        # H = I + G, G_vu = -A_v diag(p_v share_u) A_uᵀ (u ≠ v), G_vv = A_v diag(p_v Σ_{u≠v} share_u) A_vᵀ
+        cross = (a * (prec * share).sqrt().unsqueeze(-2)).flatten(1, 2)         # [N, S, D]
+        own = (a * (prec * others).unsqueeze(-2)) @ a.transpose(-1, -2)          # [N, V, r, r]
+        eye_v = torch.eye(n_views, dtype=a.dtype, device=a.device).view(1, n_views, 1, n_views, 1)
+        g = -(cross @ cross.transpose(-1, -2)).view(n, n_views, r, n_views, r) * (1 - eye_v)
+        h = (g + own.unsqueeze(3) * eye_v).view(n, size, size) + torch.eye(size, dtype=a.dtype, device=a.device)
+        pooled = (share * mean_n).sum(dim=1)                                     # diagonal-precision mean
+        rhs = a @ (prec * (pooled.unsqueeze(1) - mean_n)).unsqueeze(-1)          # [N, V, r, 1]
+        factor, s = _scaled_cholesky(h)
+        z = _cholesky_solve(factor, s, rhs.view(n, size, 1)).view(n, n_views, r, 1)
+        az = (a * z).sum(dim=2)                                                  # A_vᵀ z_v [N, V, D]
+        mean = pooled + (share * az).sum(dim=1)
+
+        # tr(Σ_v⁻¹) by Woodbury: Σ_j p_j (1 - b_jᵀ C⁻¹ b_j), B = A diag(√p), C = I + BBᵀ
+        b = a * prec.sqrt().unsqueeze(-2)
+        cap = torch.eye(r, dtype=a.dtype, device=a.device) + b @ b.transpose(-1, -2)
+        e = _cholesky_solve(*_scaled_cholesky(cap), b)                          # C⁻¹B [N, V, r, D]
+        be = (b * e).sum(dim=-2)                                                 # in [0, 1]
+        traces = (prec * (1 - be).clamp_min(0)).sum(dim=-1)
+        ctx.save_for_backward(a, mean_n, prec, share, factor, s, az, mean, b, e, be)
+        ctx.set_materialize_grads(False)  # an unused output (e.g. traces in training) costs no backward
+        return mean, traces
 
     @staticmethod
-    def backward(ctx, grad_x: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
-        factor, s, x = ctx.saved_tensors
-        grad_b = _cholesky_solve(factor, s, grad_x)
-        return -grad_b @ x.transpose(-1, -2), grad_b
-
-
-class _SPDInverse(torch.autograd.Function):
-    """m⁻¹ for a batch of small SPD m, with the closed-form backward -m⁻¹ ∂ m⁻¹."""
-
-    @staticmethod
-    def forward(ctx, m: Tensor) -> Tensor:  # noqa: ANN001
-        eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device).expand_as(m)
-        inverse = _cholesky_solve(*_scaled_cholesky(m), eye)
-        ctx.save_for_backward(inverse)
-        return inverse
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
-        (inverse,) = ctx.saved_tensors
-        return -inverse @ grad @ inverse
-
-
-def _precision_traces(a: Tensor, prec: Tensor) -> Tensor:
-    """tr(Σ_v⁻¹) by Woodbury: Σ_j p_j (1 - b_jᵀ (I + BBᵀ)⁻¹ b_j), B = A diag(√p).
-
-    a [N, V, r, D], prec [N, V, D] -> [N, V]."""
-    b = a * prec.sqrt().unsqueeze(-2)
-    eye = torch.eye(a.shape[-2], dtype=a.dtype, device=a.device)
-    inverse = _SPDInverse.apply(eye + b @ b.transpose(-1, -2))
-    keep = (1 - (b * (inverse @ b)).sum(dim=-2)).clamp_min(0)          # [N, V, D] in [0, 1]
-    return (prec * keep).sum(dim=-1)
+    def backward(ctx, grad_mean: Tensor | None, grad_traces: Tensor | None  # noqa: ANN001
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+        a, mean_n, prec, share, factor, s, az, mean, b, e, be = ctx.saved_tensors
+        n, n_views, r, _ = a.shape
+        grad_a, grad_mean_n, grad_variance = torch.zeros_like(a), torch.zeros_like(mean_n), torch.zeros_like(prec)
+        if grad_mean is not None:
+            # λ = Σ grad (Σ the fused covariance) through the same latent system as the forward
+            rhs = a @ (share * grad_mean.unsqueeze(1)).unsqueeze(-1)
+            w = _cholesky_solve(factor, s, rhs.view(n, -1, 1)).view(n, n_views, r, 1)
+            aw = (a * w).sum(dim=2)
+            lam = grad_mean / prec.sum(dim=1) + (share * aw).sum(dim=1)
+            q_lam = prec * (lam.unsqueeze(1) - aw)                               # Σ_v⁻¹ λ
+            q_res = prec * (mean_n + az - mean.unsqueeze(1))                     # Σ_v⁻¹ (μ̄_v - μ)
+            grad_mean_n = q_lam
+            grad_a = -((a @ q_lam.unsqueeze(-1)) * q_res.unsqueeze(-2) + (a @ q_res.unsqueeze(-1)) * q_lam.unsqueeze(-2))
+            grad_variance = -q_lam * q_res
+        if grad_traces is not None:
+            # d tr(Σ_v⁻¹) = -tr(Σ_v⁻² dΣ_v); A Σ_v⁻² = (EP - (EPBᵀ)E)√P, diag Σ_v⁻² = p (p(1 - 2 b·e) + eᵀ(BPBᵀ)e)
+            g = grad_traces.unsqueeze(-1)
+            ep = e * prec.unsqueeze(-2)
+            a_q2 = (ep - (ep @ b.transpose(-1, -2)) @ e) * prec.sqrt().unsqueeze(-2)
+            bpb = (b * prec.unsqueeze(-2)) @ b.transpose(-1, -2)
+            q2_diag = prec * (prec * (1 - 2 * be) + (e * (bpb @ e)).sum(dim=-2))
+            grad_a = grad_a - 2 * g.unsqueeze(-1) * a_q2
+            grad_variance = grad_variance - g * q2_diag
+        return grad_a, grad_mean_n, grad_variance
 
 
 def _shares(traces: Tensor, dim: int = 0) -> Tensor:
@@ -160,28 +186,11 @@ def precision_fusion(mu: Tensor, log_var: Tensor) -> FusionResult:
     Gaussian-major ([N, V, ...]) so every product is one batched matmul over N.
     """
     log_var = _check(mu, log_var, min_members=2)
-    n_views, n, t, d = mu.shape
-    r, size = t - 1, n_views * (t - 1)
+    r = mu.shape[2] - 1
     mean_v, variance, spread = _moments(mu, log_var)
     a = (_helmert_coordinates(mu) / math.sqrt(r)).transpose(0, 1).contiguous()  # [N, V, r, D]
-    mean_n = mean_v.transpose(0, 1)                                              # [N, V, D]
-    prec = variance.reciprocal().transpose(0, 1)                                 # diagonal precisions p_v
-    share = _shares(prec, dim=1)                                                 # p_v / Σ_u p_u
-    # Σ_{u≠v} share_u as a sum of positives (no 1 - share_v cancellation)
-    others = sum(share.roll(k, dims=1) for k in range(1, n_views))
-
-    # H = I + G, G_vu = -A_v diag(p_v share_u) A_uᵀ (u ≠ v), G_vv = A_v diag(p_v Σ_{u≠v} share_u) A_vᵀ
-    cross = (a * (prec * share).sqrt().unsqueeze(-2)).flatten(1, 2)             # [N, S, D]
-    own = (a * (prec * others).unsqueeze(-2)) @ a.transpose(-1, -2)              # [N, V, r, r]
-    eye_v = torch.eye(n_views, dtype=mu.dtype, device=mu.device).view(1, n_views, 1, n_views, 1)
-    g = -(cross @ cross.transpose(-1, -2)).view(n, n_views, r, n_views, r) * (1 - eye_v)
-    h = (g + own.unsqueeze(3) * eye_v).view(n, size, size) + torch.eye(size, dtype=mu.dtype, device=mu.device)
-
-    pooled = (share * mean_n).sum(dim=1)                                         # diagonal-precision mean
-    rhs = (a * (prec * (pooled.unsqueeze(1) - mean_n)).unsqueeze(-2)).sum(dim=-1)  # [N, V, r]
-    z = _SPDSolve.apply(h, rhs.reshape(n, size, 1)).view(n, n_views, r, 1)
-    mean = pooled + (share * (a * z).sum(dim=2)).sum(dim=1)
-    weight = _shares(_precision_traces(a, prec), dim=1).transpose(0, 1)
+    mean, traces = _ProductOfViews.apply(a, mean_v.transpose(0, 1), variance.transpose(0, 1))
+    weight = _shares(traces, dim=1).transpose(0, 1)
     return FusionResult(mean=mean, aleatoric=variance.mean(-1), epistemic=spread.mean(-1), weight=weight)
 
 
