@@ -41,6 +41,23 @@ def test_outputs_shapes_and_determinism(pipe):
     assert np.array_equal(out.frames, again.frames)
 
 
+def test_out_of_memory_retries_the_same_frames_in_smaller_batches(pipe, monkeypatch):
+    """A GPU too small for the default batch: the batch halves and the video is unchanged."""
+    reference = pipe(_speech(), emotion="sad", size=TINY_SIZE, batch_size=2).frames
+    forward, sizes = type(pipe.model).forward, []
+
+    def small_gpu(model, cond, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        sizes.append(cond.frames.shape[0])
+        if cond.frames.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(model, cond, *args, **kwargs)
+
+    monkeypatch.setattr(type(pipe.model), "forward", small_gpu)
+    out = pipe(_speech(), emotion="sad", size=TINY_SIZE, batch_size=8)
+    assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) <= {2}
+    assert np.array_equal(out.frames, reference)
+
+
 def test_emotion_and_fusion_change_the_face(pipe):
     happy = pipe(_speech(), emotion="happy", size=TINY_SIZE).frames.astype(int)
     sad = pipe(_speech(), emotion="sad", size=TINY_SIZE).frames.astype(int)

@@ -131,8 +131,9 @@ def heatmap_grid(uncertainty: np.ndarray, views: Sequence[str], kinds: Sequence[
         raise ValueError(f"no scale for kinds {missing}")
     canvas, corners = _layout(views, kinds, (h, w), scale)
     out = np.empty((n_frames, *canvas.shape), np.uint8)
+    out_view = torch.from_numpy(out)    # device -> host copies land in place (no temporary array)
     device = torch.device(device)
-    frame = torch.from_numpy(canvas).to(device)
+    frame = torch.tensor(canvas, device=device)
     chunk = 64
     for start in range(0, n_frames, chunk):
         block = torch.from_numpy(np.ascontiguousarray(uncertainty[start:start + chunk])).to(device)
@@ -142,7 +143,7 @@ def heatmap_grid(uncertainty: np.ndarray, views: Sequence[str], kinds: Sequence[
             for v in range(n_views):
                 y, x = corners[k][v]
                 grid[:, y:y + h, x:x + w] = rgb[:, v]
-        out[start:start + len(block)] = grid.cpu().numpy()
+        out_view[start:start + len(block)].copy_(grid)
     return out
 
 

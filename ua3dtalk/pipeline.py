@@ -123,7 +123,7 @@ class TalkingFacePipeline:
         size = size or cfg.image_size
         if not 16 <= size <= 2048:
             raise ValueError(f"size must be between 16 and 2048 pixels, got {size}")
-        batch_size = batch_size or (16 if device.type == "cuda" else 4)
+        batch_size = batch_size or (32 if device.type == "cuda" else 4)
         timings: dict[str, float] = {}
         start = time.perf_counter()
 
@@ -155,20 +155,33 @@ class TalkingFacePipeline:
         frames = np.empty((n_frames, size, size, 3), np.uint8)
         maps = np.empty((n_frames, len(views), len(kinds), min(map_size, size), min(map_size, size)), np.float16)
         scores = {f"{k}/{v}": np.empty(n_frames, np.float32) for k in kinds for v in views}
-        for lo in range(0, n_frames, batch_size):
+        # device -> host copies land straight in the output arrays (no temporaries)
+        frames_view, maps_view = torch.from_numpy(frames), torch.from_numpy(maps)
+        lo = 0
+        while lo < n_frames:
             idx = frames_all[lo:lo + batch_size]
             cond = Conditioning(features=features, frames=idx, viewmats=model.motion_viewmats[motion[idx]],
                                 eye=model.motion_eye[motion[idx]], emotion=labels[idx.cpu()].to(device),
                                 intensity=strengths[idx.cpu()].to(device))
-            out = model(cond, size=size, fusion=fusion)
+            try:
+                out = model(cond, size=size, fusion=fusion)
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                # a smaller GPU (or a larger subject): the same frames in smaller batches
+                batch_size = max(1, batch_size // 2)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             hi = lo + idx.shape[0]
-            frames[lo:hi] = (out.image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+            frames_view[lo:hi].copy_((out.image.clamp(0, 1) * 255 + 0.5).to(torch.uint8))
             unc = out.uncertainty.flatten(1, 2)
             if unc.shape[-1] != maps.shape[-1]:
                 unc = F.adaptive_avg_pool2d(unc, maps.shape[-1])
-            maps[lo:hi] = unc.view(idx.shape[0], len(views), len(kinds), *maps.shape[-2:]).half().cpu().numpy()
+            maps_view[lo:hi].copy_(unc.view(idx.shape[0], len(views), len(kinds), *maps.shape[-2:]).half())
             self._summaries(out, scores, lo, hi)
             report(0.1 + 0.85 * hi / n_frames, f"rendering frame {hi}/{n_frames}")
+            lo = hi
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timings["render"] = time.perf_counter() - t0

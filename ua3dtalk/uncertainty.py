@@ -126,9 +126,9 @@ class _ProductOfViews(torch.autograd.Function):
         # H = I + G, G_vu = -A_v diag(p_v share_u) A_uᵀ (u ≠ v), G_vv = A_v diag(p_v Σ_{u≠v} share_u) A_vᵀ
         cross = (a * (prec * share).sqrt().unsqueeze(-2)).flatten(1, 2)         # [N, S, D]
         own = (a * (prec * others).unsqueeze(-2)) @ a.transpose(-1, -2)          # [N, V, r, r]
-        eye_v = torch.eye(n_views, dtype=a.dtype, device=a.device).view(1, n_views, 1, n_views, 1)
-        g = -(cross @ cross.transpose(-1, -2)).view(n, n_views, r, n_views, r) * (1 - eye_v)
-        h = (g + own.unsqueeze(3) * eye_v).view(n, size, size) + torch.eye(size, dtype=a.dtype, device=a.device)
+        h = (cross @ cross.transpose(-1, -2)).neg_()                              # off-diagonal blocks
+        h.view(n, n_views, r, n_views, r).diagonal(dim1=1, dim2=3).copy_(own.permute(0, 2, 3, 1))
+        h.diagonal(dim1=-2, dim2=-1).add_(1)
         pooled = (share * mean_n).sum(dim=1)                                     # diagonal-precision mean
         rhs = a @ (prec * (pooled.unsqueeze(1) - mean_n)).unsqueeze(-1)          # [N, V, r, 1]
         factor, s = _scaled_cholesky(h)
@@ -136,20 +136,21 @@ class _ProductOfViews(torch.autograd.Function):
         az = (a * z).sum(dim=2)                                                  # A_vᵀ z_v [N, V, D]
         mean = pooled + (share * az).sum(dim=1)
 
-        # tr(Σ_v⁻¹) by Woodbury: Σ_j p_j (1 - b_jᵀ C⁻¹ b_j), B = A diag(√p), C = I + BBᵀ
+        # tr(Σ_v⁻¹) by Woodbury: Σ_j p_j (1 - b_jᵀ C⁻¹ b_j), B = A diag(√p), C = I + BBᵀ;
+        # b_jᵀ C⁻¹ b_j = |L⁻¹ s b_j|² with s C s = L Lᵀ: one triangular solve
         b = a * prec.sqrt().unsqueeze(-2)
-        cap = torch.eye(r, dtype=a.dtype, device=a.device) + b @ b.transpose(-1, -2)
-        e = _cholesky_solve(*_scaled_cholesky(cap), b)                          # C⁻¹B [N, V, r, D]
-        be = (b * e).sum(dim=-2)                                                 # in [0, 1]
+        cap_factor, cap_s = _scaled_cholesky(torch.eye(r, dtype=a.dtype, device=a.device) + b @ b.transpose(-1, -2))
+        half = torch.linalg.solve_triangular(cap_factor, cap_s.unsqueeze(-1) * b, upper=False)
+        be = half.square().sum(dim=-2)                                           # in [0, 1]
         traces = (prec * (1 - be).clamp_min(0)).sum(dim=-1)
-        ctx.save_for_backward(a, mean_n, prec, share, factor, s, az, mean, b, e, be)
+        ctx.save_for_backward(a, mean_n, prec, share, factor, s, az, mean, b, cap_factor, cap_s, half, be)
         ctx.set_materialize_grads(False)  # an unused output (e.g. traces in training) costs no backward
         return mean, traces
 
     @staticmethod
     def backward(ctx, grad_mean: Tensor | None, grad_traces: Tensor | None  # noqa: ANN001
                  ) -> tuple[Tensor, Tensor, Tensor]:
-        a, mean_n, prec, share, factor, s, az, mean, b, e, be = ctx.saved_tensors
+        a, mean_n, prec, share, factor, s, az, mean, b, cap_factor, cap_s, half, be = ctx.saved_tensors
         n, n_views, r, _ = a.shape
         grad_a, grad_mean_n, grad_variance = torch.zeros_like(a), torch.zeros_like(mean_n), torch.zeros_like(prec)
         if grad_mean is not None:
@@ -166,7 +167,8 @@ class _ProductOfViews(torch.autograd.Function):
         if grad_traces is not None:
             # d tr(Σ_v⁻¹) = -tr(Σ_v⁻² dΣ_v); A Σ_v⁻² = (EP - (EPBᵀ)E)√P, diag Σ_v⁻² = p (p(1 - 2 b·e) + eᵀ(BPBᵀ)e)
             g = grad_traces.unsqueeze(-1)
-            ep = e * prec.unsqueeze(-2)
+            e = cap_s.unsqueeze(-1) * torch.linalg.solve_triangular(cap_factor.transpose(-1, -2), half, upper=True)
+            ep = e * prec.unsqueeze(-2)                                          # E = C⁻¹B
             a_q2 = (ep - (ep @ b.transpose(-1, -2)) @ e) * prec.sqrt().unsqueeze(-2)
             bpb = (b * prec.unsqueeze(-2)) @ b.transpose(-1, -2)
             q2_diag = prec * (prec * (1 - 2 * be) + (e * (bpb @ e)).sum(dim=-2))
