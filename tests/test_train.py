@@ -115,3 +115,21 @@ def test_a_non_finite_step_is_skipped_and_a_run_of_them_is_a_clear_error(tiny_su
     trainer._render_loss = lambda *args: (lambda r: (r[0] * float("nan"), r[1], r[2]))(original(*args))
     with pytest.raises(RuntimeError, match="diverged"):
         trainer.run(until=6)
+
+
+def test_train_until_stops_with_a_resumable_save_and_resume_finishes(tiny_subject, tmp_path):
+    import pytest
+    from safetensors import safe_open
+
+    from ua3dtalk.train import STATE_NAME, train
+
+    out = tmp_path / "u"
+    train(tiny_subject, out, tiny_options(iterations=8), until=3)
+    with safe_open(str(out / STATE_NAME), "pt") as handle:
+        assert handle.metadata()["step"] == "3"
+    assert not (out / "eval.json").exists()            # evaluation waits for the end of the schedule
+    with pytest.raises(ValueError, match="already at step 3"):
+        train(tiny_subject, out, tiny_options(iterations=8, resume=True), until=2)
+    train(tiny_subject, out, tiny_options(iterations=8, resume=True), evaluate=False)
+    with safe_open(str(out / STATE_NAME), "pt") as handle:
+        assert handle.metadata()["step"] == "8"

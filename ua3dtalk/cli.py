@@ -54,12 +54,14 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-eval", action="store_true",
                    help="skip the final held-out evaluation (run `ua3dtalk eval` later, e.g. on another machine)")
+    p.add_argument("--until", type=int, default=None,
+                   help="stop at this step with a resumable save (for time-limited machines; --resume goes on)")
 
     def run(a: argparse.Namespace) -> None:
         from ua3dtalk.train import TrainOptions, train
         train(a.data, a.out, TrainOptions(
             preset=a.preset, iterations=a.iterations, resume=a.resume, fusion=a.fusion,
-            codebooks=not a.no_codebooks, size=a.size, device=a.device), evaluate=not a.no_eval)
+            codebooks=not a.no_codebooks, size=a.size, device=a.device), evaluate=not a.no_eval, until=a.until)
     return run
 
 

@@ -464,13 +464,22 @@ class Trainer:
                 setattr(density, key, self._density_state[f"density/{name}/{key}"].to(self.device))
 
 
-def train(data: str | Path, out: str | Path, options: TrainOptions | None = None, evaluate: bool = True) -> Path:
-    """The ``ua3dtalk train`` command: train (or resume) and evaluate on held-out clips."""
+def train(data: str | Path, out: str | Path, options: TrainOptions | None = None, evaluate: bool = True,
+          until: int | None = None) -> Path:
+    """The ``ua3dtalk train`` command: train (or resume) and evaluate on held-out clips.
+
+    ``until`` stops early at that step with a resumable save (the evaluation
+    waits for the end of the schedule)."""
     from ua3dtalk.evaluate import evaluate_model
 
     options = options or TrainOptions()
     trainer = Trainer(data, out, options)
-    trainer.run()
+    if until is not None and until <= trainer.step:
+        raise ValueError(f"--until {until}: the training state in {out} is already at step {trainer.step}")
+    trainer.run(until=until)
+    if trainer.step < trainer.total:
+        print(f"stopped at step {trainer.step} of {trainer.total}; continue with --resume")
+        return Path(out)
     if not evaluate:
         return Path(out)
     report = evaluate_model(trainer.model, data, split="heldout", size=trainer.data.size)
