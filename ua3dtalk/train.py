@@ -359,7 +359,7 @@ class Trainer:
             print(f"warning: non-finite loss or gradient at step {self.step} ({phase}); step skipped", flush=True)
         if self.skipped >= MAX_SKIPPED_STEPS:
             raise RuntimeError(f"training diverged at step {self.step} ({phase}): {self.skipped} steps in a row "
-                               f"had a non-finite loss or gradient (last loss {float(loss)})")
+                               f"had a non-finite loss or gradient (last loss {loss.item()})")
         return finite
 
     def _extent(self) -> float:
