@@ -85,8 +85,8 @@ class TalkingHead(nn.Module):
         view_dims = {"audio": cfg.audio_feat_dim + 1, "content": cfg.content_dim,
                      "style": cfg.style_dim, "emotion": emotion_dim}
         # the views' per-frame features and the emotion embedding, standardised (see ua3dtalk.standardize)
-        self.view_norms = nn.ModuleDict({**{v: RunningStandardizer(d) for v, d in view_dims.items() if v != "emotion"},
-                                         "emotion": RunningStandardizer(cfg.emotion_dim)})
+        norm_dims = {**view_dims, "emotion": cfg.emotion_dim}   # the emotion view is standardised before its encoding
+        self.view_norms = nn.ModuleDict({v: RunningStandardizer(d) for v, d in norm_dims.items()})
         self.face_net = face_network(cfg, view_dims)
         self.mouth_net = mouth_network(cfg, view_dims)
         size = cfg.image_size

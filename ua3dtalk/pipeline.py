@@ -169,7 +169,7 @@ class TalkingFacePipeline:
                 if batch_size == 1:
                     raise
                 # a smaller GPU (or a larger subject): the same frames in smaller batches
-                batch_size = max(1, batch_size // 2)
+                batch_size //= 2
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue

@@ -348,11 +348,16 @@ class Trainer:
         if due:
             self.model.fit_bounds()
 
-    def _finite_step(self, loss: Tensor, phase: str) -> bool:
-        """False (and the step is skipped, as a mixed-precision scaler would) when the loss or a
-        gradient is not finite; a run of such steps means training has diverged: a clear error."""
-        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+    def _backward(self, loss: Tensor, phase: str) -> bool:
+        """Gradients of the trainable parts; False (and the step is skipped, as a mixed-precision
+        scaler would) when the loss or a gradient is not finite. A run of such steps means
+        training has diverged: a clear error."""
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            loss.backward()
+            self._zero_frozen_grads(phase)
+            grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+            finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
         self.skipped = 0 if finite else self.skipped + 1
         if self.skipped:
             self.skipped_total += 1
@@ -384,10 +389,7 @@ class Trainer:
                 out = None
             else:
                 loss, stats, out = self._render_loss(*self._batch(), phase)
-            if torch.isfinite(loss):
-                loss.backward()
-                self._zero_frozen_grads(phase)
-            if not self._finite_step(loss, phase):
+            if not self._backward(loss, phase):
                 continue
             self.optimizer.step()
             if out is not None:

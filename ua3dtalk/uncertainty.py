@@ -143,14 +143,14 @@ class _ProductOfViews(torch.autograd.Function):
         half = torch.linalg.solve_triangular(cap_factor, cap_s.unsqueeze(-1) * b, upper=False)
         be = half.square().sum(dim=-2)                                           # in [0, 1]
         traces = (prec * (1 - be).clamp_min(0)).sum(dim=-1)
-        ctx.save_for_backward(a, mean_n, prec, share, factor, s, az, mean, b, cap_factor, cap_s, half, be)
+        ctx.save_for_backward(a, mean_n, prec, share, factor, s, az, mean, cap_factor, cap_s, half, be)
         ctx.set_materialize_grads(False)  # an unused output (e.g. traces in training) costs no backward
         return mean, traces
 
     @staticmethod
     def backward(ctx, grad_mean: Tensor | None, grad_traces: Tensor | None  # noqa: ANN001
                  ) -> tuple[Tensor, Tensor, Tensor]:
-        a, mean_n, prec, share, factor, s, az, mean, b, cap_factor, cap_s, half, be = ctx.saved_tensors
+        a, mean_n, prec, share, factor, s, az, mean, cap_factor, cap_s, half, be = ctx.saved_tensors
         n, n_views, r, _ = a.shape
         grad_a, grad_mean_n, grad_variance = torch.zeros_like(a), torch.zeros_like(mean_n), torch.zeros_like(prec)
         if grad_mean is not None:
@@ -167,6 +167,7 @@ class _ProductOfViews(torch.autograd.Function):
         if grad_traces is not None:
             # d tr(Σ_v⁻¹) = -tr(Σ_v⁻² dΣ_v); A Σ_v⁻² = (EP - (EPBᵀ)E)√P, diag Σ_v⁻² = p (p(1 - 2 b·e) + eᵀ(BPBᵀ)e)
             g = grad_traces.unsqueeze(-1)
+            b = a * prec.sqrt().unsqueeze(-2)                                    # rebuilt, not kept for training
             e = cap_s.unsqueeze(-1) * torch.linalg.solve_triangular(cap_factor.transpose(-1, -2), half, upper=True)
             ep = e * prec.unsqueeze(-2)                                          # E = C⁻¹B
             a_q2 = (ep - (ep @ b.transpose(-1, -2)) @ e) * prec.sqrt().unsqueeze(-2)
