@@ -182,17 +182,31 @@ def _shares(traces: Tensor, dim: int = 0) -> Tensor:
     return traces / traces.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(traces.dtype).tiny)
 
 
-def precision_fusion(mu: Tensor, log_var: Tensor) -> FusionResult:
+def _fused_kernel(a: Tensor) -> type[torch.autograd.Function] | None:
+    """The Triton version of :class:`_ProductOfViews` for float32 CUDA inputs, when Triton imports."""
+    if not (a.is_cuda and a.dtype == torch.float32):
+        return None
+    try:
+        from .fusion_kernel import ProductOfViewsKernel
+    except ImportError:
+        return None
+    return ProductOfViewsKernel
+
+
+def precision_fusion(mu: Tensor, log_var: Tensor, kernel: bool = True) -> FusionResult:
     """Stage-2 fusion of V views' ensembles: exact product of full-covariance Gaussians.
 
     mu, log_var [V, N, T, D] (T >= 2); log_var is clamped to [-20, 20]. Works
-    Gaussian-major ([N, V, ...]) so every product is one batched matmul over N.
+    Gaussian-major ([N, V, ...]). Float32 CUDA inputs go through the fused Triton
+    kernels (``ua3dtalk.fusion_kernel``) unless ``kernel=False``; everything else
+    through batched PyTorch, where every product is one batched matmul over N.
     """
     log_var = _check(mu, log_var, min_members=2)
     r = mu.shape[2] - 1
     mean_v, variance, spread = _moments(mu, log_var)
     a = (_helmert_coordinates(mu) / math.sqrt(r)).transpose(0, 1).contiguous()  # [N, V, r, D]
-    mean, traces = _ProductOfViews.apply(a, mean_v.transpose(0, 1), variance.transpose(0, 1))
+    product = (_fused_kernel(a) if kernel else None) or _ProductOfViews
+    mean, traces = product.apply(a, mean_v.transpose(0, 1), variance.transpose(0, 1))
     weight = _shares(traces, dim=1).transpose(0, 1)
     return FusionResult(mean=mean, aleatoric=variance.mean(-1), epistemic=spread.mean(-1), weight=weight)
 
