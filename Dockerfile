@@ -33,11 +33,12 @@ COPY --chown=1000:1000 . /home/user/app
 # The same install script that CI (.ci/run) runs: espeak-ng + the pinned Python stack.
 RUN bash scripts/install.sh
 
-# Compile gsplat's CUDA rasterizer now (no GPU needed to compile for the listed
+# Compile gsplat's CUDA rasterizer and our fusion kernel now (no GPU needed to compile for the listed
 # architectures). TORCH_CUDA_ARCH_LIST stays set at run time so torch's JIT loader
 # finds the same build and does not recompile; the user owns the build folder
 # because the loader takes a lock file there.
 RUN MAX_JOBS=4 python -c "from gsplat.cuda._backend import _C; assert _C is not None, 'gsplat CUDA build failed'" \
+ && python -c "from ua3dtalk.fusion_kernel import load_extension; assert load_extension(), 'fusion kernel build failed'" \
  && chown -R 1000:1000 /opt/torch_extensions \
  && python -c "from ua3dtalk.hub import list_bundled; s = list_bundled(); assert s, 'no bundled subject'; print('bundled subjects:', s)"
 

@@ -4,7 +4,8 @@ Same inputs, same run: V=4 views, T=10 members, D=48 latent dims, N Gaussians.
 The official code builds every Σ_v and calls torch.inverse on five D x D
 matrices per Gaussian (four Σ_v⁻¹ and the fused inverse); ours
 (ua3dtalk.uncertainty.precision_fusion) only factorises one V(T-1) square
-system per Gaussian. Then the whole face-branch MotionNetwork forward per frame
+system per Gaussian, in fused Triton kernels on CUDA; its batched-PyTorch path
+is timed beside them. Then the whole face-branch MotionNetwork forward per frame
 (paper preset). Prints a markdown table.
 
     python bench/fusion.py                 # CUDA: N = 20k, 50k, 100k; CPU: small N
@@ -43,7 +44,14 @@ def official_fusion(mu: torch.Tensor, log_var: torch.Tensor) -> tuple[torch.Tens
 
 
 def ours(mu: torch.Tensor, log_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ours as the package runs it: the fused Triton kernels for float32 CUDA inputs."""
     out = precision_fusion(mu, log_var)
+    return out.mean, out.weight
+
+
+def ours_pytorch(mu: torch.Tensor, log_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ours through batched PyTorch only (the CPU path, and the GPU path without Triton)."""
+    out = precision_fusion(mu, log_var, kernel=False)
     return out.mean, out.weight
 
 
@@ -84,7 +92,10 @@ def fusion_rows(ns: list[int], device: torch.device, warmup: int, repeats: int) 
         probe_weight = torch.randn(4, n, device=device)
         ref_mean, ref_weight = official_fusion(mu.double(), log_var.double())
         times = {}
-        for name, fn in (("official", official_fusion), ("ours", ours)):
+        methods = [("official", official_fusion), ("ours", ours)]
+        if device.type == "cuda":
+            methods.append(("pytorch", ours_pytorch))
+        for name, fn in methods:
             mean, weight = fn(mu, log_var)
             err = float(((mean.double() - ref_mean).norm(dim=-1) / ref_mean.norm(dim=-1)).max())
             with torch.no_grad():
@@ -98,8 +109,9 @@ def fusion_rows(ns: list[int], device: torch.device, warmup: int, repeats: int) 
             times[name] = (fwd, median_ms(fwd_bwd, device, warmup, repeats), err)
         del ref_mean, ref_weight
         (of, ob, oe), (uf, ub, ue) = times["official"], times["ours"]
+        pf, pb, pe = times.get("pytorch", (float("nan"),) * 3)
         rows.append(f"| {n:,} | {of:.2f} | {uf:.2f} | {of / uf:.1f}x | {ob:.2f} | {ub:.2f} | {ob / ub:.1f}x "
-                    f"| {oe:.1e} | {ue:.1e} |")
+                    f"| {oe:.1e} | {ue:.1e} | {pf:.2f} | {pb:.2f} | {pe:.1e} |")
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -148,8 +160,8 @@ def main() -> None:
     print("median ms over", repeats, "runs after", args.warmup, "warm-up runs; error: worst per-Gaussian "
           "relative error of the fused mean vs a float64 dense reference\n")
     print("| N | official fwd | ours fwd | speed-up | official fwd+bwd | ours fwd+bwd | speed-up "
-          "| official err | ours err |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| official err | ours err | PyTorch-path fwd | PyTorch-path fwd+bwd | PyTorch-path err |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in fusion_rows(ns, device, args.warmup, repeats):
         print(row, flush=True)
     print(f"\n## Face-branch MotionNetwork (paper preset, 4 views), N={face_n:,}, ms per frame\n")

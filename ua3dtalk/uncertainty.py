@@ -183,22 +183,20 @@ def _shares(traces: Tensor, dim: int = 0) -> Tensor:
 
 
 def _fused_kernel(a: Tensor) -> type[torch.autograd.Function] | None:
-    """The Triton version of :class:`_ProductOfViews` for float32 CUDA inputs, when Triton imports."""
+    """The CUDA-kernel version of :class:`_ProductOfViews` for float32 CUDA inputs, when it builds."""
     if not (a.is_cuda and a.dtype == torch.float32):
         return None
-    try:
-        from .fusion_kernel import ProductOfViewsKernel
-    except ImportError:
-        return None
-    return ProductOfViewsKernel
+    from .fusion_kernel import ProductOfViewsKernel, load_extension
+
+    return ProductOfViewsKernel if load_extension() is not None else None
 
 
 def precision_fusion(mu: Tensor, log_var: Tensor, kernel: bool = True) -> FusionResult:
     """Stage-2 fusion of V views' ensembles: exact product of full-covariance Gaussians.
 
     mu, log_var [V, N, T, D] (T >= 2); log_var is clamped to [-20, 20]. Works
-    Gaussian-major ([N, V, ...]). Float32 CUDA inputs go through the fused Triton
-    kernels (``ua3dtalk.fusion_kernel``) unless ``kernel=False``; everything else
+    Gaussian-major ([N, V, ...]). Float32 CUDA inputs go through the fused CUDA
+    kernel (``ua3dtalk.fusion_kernel``) unless ``kernel=False``; everything else
     through batched PyTorch, where every product is one batched matmul over N.
     """
     log_var = _check(mu, log_var, min_members=2)
