@@ -22,26 +22,34 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
+// Walks a packed lower triangle (row i, column j <= i) in steps of one warp: lane l starts at
+// entry l and every step moves 32 entries on, with no integer division.
+struct TriangleWalk {
+  int i = 0, j;
+  __device__ explicit TriangleWalk(int lane) : j(lane) { advance(0); }
+  __device__ void advance(int step) {
+    j += step;
+    while (j > i) { j -= i + 1; ++i; }
+  }
+};
+
 // In place: the lower triangle of m (size x size, row stride ld) becomes L with s m s = L Lᵀ,
 // s = diag(m)^-1/2 (written to s).
 __device__ void factor(float* m, int ld, int size, float* s, int lane) {
   for (int i = lane; i < size; i += kWarp) s[i] = rsqrtf(m[i * ld + i]);
   __syncwarp();
-  for (int e = lane; e < size * size; e += kWarp) {
-    const int i = e / size, j = e % size;
-    if (j <= i) m[i * ld + j] = m[i * ld + j] * s[i] * s[j] + (i == j ? kJitter : 0.f);
-  }
+  for (TriangleWalk t(lane); t.i < size; t.advance(kWarp))
+    m[t.i * ld + t.j] = m[t.i * ld + t.j] * s[t.i] * s[t.j] + (t.i == t.j ? kJitter : 0.f);
   __syncwarp();
   for (int k = 0; k < size; ++k) {
     const float pivot = sqrtf(fmaxf(m[k * ld + k], kPivotFloor));
     __syncwarp();
     for (int i = k + lane; i < size; i += kWarp) m[i * ld + k] = (i == k) ? pivot : m[i * ld + k] / pivot;
     __syncwarp();
-    const int rest = size - k - 1;
-    for (int e = lane; e < rest * rest; e += kWarp) {
-      const int i = k + 1 + e / rest, j = k + 1 + e % rest;
-      if (j <= i) m[i * ld + j] -= m[i * ld + k] * m[j * ld + k];
-    }
+    float* trailing = m + (k + 1) * (ld + 1);   // the (size-k-1)-square block below and right of the pivot
+    const float* column = m + (k + 1) * ld + k;
+    for (TriangleWalk t(lane); t.i < size - k - 1; t.advance(kWarp))
+      trailing[t.i * ld + t.j] -= column[t.i * ld] * column[t.j * ld];
     __syncwarp();
   }
 }
@@ -100,7 +108,8 @@ struct Scratch {
 __device__ void load_and_assemble(const Scratch& w, const float* a, const float* mv, const float* var,
                                   size_t n, int V, int R, int D, int lane) {
   const int S = V * R;
-  for (int e = lane; e < S * D; e += kWarp) w.a[(e / D) * w.lda + e % D] = a[n * S * D + e];
+  for (int i = 0; i < S; ++i)
+    for (int d = lane; d < D; d += kWarp) w.a[i * w.lda + d] = a[(n * S + i) * D + d];
   for (int e = lane; e < V * D; e += kWarp) {
     w.p[e] = 1.f / var[n * V * D + e];
     w.m[e] = mv[n * V * D + e];
@@ -124,10 +133,8 @@ __device__ void load_and_assemble(const Scratch& w, const float* a, const float*
   }
   __syncwarp();
   const int ld = S + 1;
-  for (int e = lane; e < S * S; e += kWarp) {
-    const int i = e / S, j = e % S;
-    if (j > i) continue;
-    const int vi = i / R, vj = j / R;
+  for (TriangleWalk t(lane); t.i < S; t.advance(kWarp)) {
+    const int i = t.i, j = t.j, vi = i / R, vj = j / R;
     const float* ai = w.a + i * w.lda;
     const float* aj = w.a + j * w.lda;
     float acc = 0.f;
@@ -147,9 +154,8 @@ __device__ void load_and_assemble(const Scratch& w, const float* a, const float*
 // Factorises view v's capacitance C_v = I + A_v P_v A_vᵀ into w.c / w.cs.
 __device__ void capacitance(const Scratch& w, int v, int R, int D, int lane) {
   const int ld = R + 1;
-  for (int e = lane; e < R * R; e += kWarp) {
-    const int k = e / R, l = e % R;
-    if (l > k) continue;
+  for (TriangleWalk t(lane); t.i < R; t.advance(kWarp)) {
+    const int k = t.i, l = t.j;
     const float* ak = w.a + (v * R + k) * w.lda;
     const float* al = w.a + (v * R + l) * w.lda;
     const float* p = w.p + v * D;
@@ -200,7 +206,11 @@ __global__ void forward_kernel(const float* __restrict__ a, const float* __restr
   for (int i = lane; i < S; i += kWarp) z_out[n * S + i] = w.x[i];
   for (int d = lane; d < D; d += kWarp) {
     float acc = 0.f;
-    for (int i = 0; i < S; ++i) acc += w.p[(i / R) * D + d] * w.a[i * w.lda + d] * w.x[i];
+    for (int v = 0; v < V; ++v) {
+      float az = 0.f;
+      for (int k = 0; k < R; ++k) az += w.a[(v * R + k) * w.lda + d] * w.x[v * R + k];
+      acc += w.p[v * D + d] * az;
+    }
     mean[n * D + d] = w.pooled[d] + acc / w.total[d];
   }
   // tr(Σ_v⁻¹) = Σ_d p (1 - |L⁻¹ s b_d|²), b = A_v diag(√p), s C_v s = L Lᵀ
@@ -251,18 +261,18 @@ __global__ void backward_kernel(const float* __restrict__ a, const float* __rest
   solve(w.h, S + 1, S, w.s, w.x, lane);
   for (int d = lane; d < D; d += kWarp) {
     float acc = w.g[d];
-    for (int i = 0; i < S; ++i) acc += w.p[(i / R) * D + d] * w.a[i * w.lda + d] * w.x[i];
-    const float lam = acc / w.total[d];
     for (int v = 0; v < V; ++v) {
       float aw = 0.f, az = 0.f;
       for (int k = 0; k < R; ++k) {
         aw += w.a[(v * R + k) * w.lda + d] * w.x[v * R + k];
         az += w.a[(v * R + k) * w.lda + d] * w.z[v * R + k];
       }
-      const float p = w.p[v * D + d];
-      w.qlam[v * D + d] = p * (lam - aw);
-      w.qres[v * D + d] = p * (w.m[v * D + d] + az - w.mean[d]);
+      acc += w.p[v * D + d] * aw;
+      w.qlam[v * D + d] = aw;   // A_vᵀ w for now; q_λ once λ is known
+      w.qres[v * D + d] = w.p[v * D + d] * (w.m[v * D + d] + az - w.mean[d]);
     }
+    const float lam = acc / w.total[d];
+    for (int v = 0; v < V; ++v) w.qlam[v * D + d] = w.p[v * D + d] * (lam - w.qlam[v * D + d]);
   }
   __syncwarp();
   for (int i = lane; i < S; i += kWarp) {
