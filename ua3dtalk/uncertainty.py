@@ -40,14 +40,13 @@ class FusionResult:
     weight: Tensor      # [V, N] view's share of the summed precision traces
 
 
-def _check(mu: Tensor, log_var: Tensor, min_members: int = 1) -> Tensor:
+def _check(mu: Tensor, log_var: Tensor, min_members: int = 1) -> None:
     if mu.shape != log_var.shape or mu.dim() != 4:
         raise ValueError(f"mu and log_var must both be [V, N, T, D], got {tuple(mu.shape)} and {tuple(log_var.shape)}")
     if not (mu.is_floating_point() and log_var.dtype == mu.dtype):
         raise ValueError(f"mu and log_var must share a floating dtype, got {mu.dtype} and {log_var.dtype}")
     if mu.shape[2] < min_members:
         raise ValueError(f"this fusion needs an ensemble of at least {min_members} members, got T={mu.shape[2]}")
-    return log_var.clamp(*LOG_VAR_RANGE)
 
 
 def _moments(mu: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -182,13 +181,13 @@ def _shares(traces: Tensor, dim: int = 0) -> Tensor:
     return traces / traces.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(traces.dtype).tiny)
 
 
-def _fused_kernel(a: Tensor) -> type[torch.autograd.Function] | None:
-    """The CUDA-kernel version of :class:`_ProductOfViews` for float32 CUDA inputs, when it builds."""
-    if not (a.is_cuda and a.dtype == torch.float32):
+def _fused_kernel(mu: Tensor) -> type[torch.autograd.Function] | None:
+    """The CUDA kernel for the whole of stage 2 (float32 CUDA inputs), when it builds."""
+    if not (mu.is_cuda and mu.dtype == torch.float32):
         return None
-    from .fusion_kernel import ProductOfViewsKernel, load_extension
+    from .fusion_kernel import FusedPrecisionFusion, load_extension
 
-    return ProductOfViewsKernel if load_extension() is not None else None
+    return FusedPrecisionFusion if load_extension() is not None else None
 
 
 def precision_fusion(mu: Tensor, log_var: Tensor, kernel: bool = True) -> FusionResult:
@@ -199,20 +198,24 @@ def precision_fusion(mu: Tensor, log_var: Tensor, kernel: bool = True) -> Fusion
     kernel (``ua3dtalk.fusion_kernel``) unless ``kernel=False``; everything else
     through batched PyTorch, where every product is one batched matmul over N.
     """
-    log_var = _check(mu, log_var, min_members=2)
+    _check(mu, log_var, min_members=2)
+    fused = _fused_kernel(mu) if kernel else None
+    if fused is not None:
+        mean, traces, aleatoric, epistemic = fused.apply(mu, log_var, *LOG_VAR_RANGE)
+        return FusionResult(mean=mean, aleatoric=aleatoric, epistemic=epistemic,
+                            weight=_shares(traces, dim=1).transpose(0, 1))
     r = mu.shape[2] - 1
-    mean_v, variance, spread = _moments(mu, log_var)
+    mean_v, variance, spread = _moments(mu, log_var.clamp(*LOG_VAR_RANGE))
     a = (_helmert_coordinates(mu) / math.sqrt(r)).transpose(0, 1).contiguous()  # [N, V, r, D]
-    product = (_fused_kernel(a) if kernel else None) or _ProductOfViews
-    mean, traces = product.apply(a, mean_v.transpose(0, 1), variance.transpose(0, 1))
+    mean, traces = _ProductOfViews.apply(a, mean_v.transpose(0, 1), variance.transpose(0, 1))
     weight = _shares(traces, dim=1).transpose(0, 1)
     return FusionResult(mean=mean, aleatoric=variance.mean(-1), epistemic=spread.mean(-1), weight=weight)
 
 
 def uniform_fusion(mu: Tensor, log_var: Tensor) -> FusionResult:
     """Baseline: every view's ensemble mean counts equally."""
-    log_var = _check(mu, log_var)
-    mean_v, variance, spread = _moments(mu, log_var)
+    _check(mu, log_var)
+    mean_v, variance, spread = _moments(mu, log_var.clamp(*LOG_VAR_RANGE))
     aleatoric = variance.mean(-1)
     weight = torch.full_like(aleatoric, 1.0 / mu.shape[0])
     return FusionResult(mean=mean_v.mean(dim=0), aleatoric=aleatoric, epistemic=spread.mean(-1), weight=weight)
@@ -224,7 +227,8 @@ def stage1_fusion(mu: Tensor, log_var: Tensor, generator: torch.Generator | None
     Per latent dim the product of diagonal Gaussians is a precision-weighted mean,
     computed as a softmax of the negative log-variances over views.
     """
-    log_var = _check(mu, log_var)
+    _check(mu, log_var)
+    log_var = log_var.clamp(*LOG_VAR_RANGE)
     n_views, n, t, d = mu.shape
     gen_device = generator.device if generator is not None else mu.device
     pick = torch.randint(t, (n_views,), generator=generator, device=gen_device).to(mu.device)

@@ -102,17 +102,59 @@ struct Scratch {
   }
 };
 
-// Loads one Gaussian's members, precisions and means; builds H (lower triangle):
+// Helmert scale of member row k: a_k = c_k (Σ_{t<=k} μ_t - (k+1) μ_{k+1}), c_k = 1/√((k+1)(k+2)(T-1)).
+__device__ __forceinline__ float helmert_scale(int k, int R) {
+  return rsqrtf(static_cast<float>((k + 1) * (k + 2)) * R);
+}
+
+struct Inputs {
+  const float* mu;       // [V, N, T, D]
+  const float* log_var;  // [V, N, T, D]
+  int N, V, R, D;
+  float lo, hi;          // log-variance clamp
+  __device__ size_t at(int v, size_t n, int t, int d) const {
+    return ((static_cast<size_t>(v) * N + n) * (R + 1) + t) * D + d;
+  }
+  __device__ float variance_term(int v, size_t n, int t, int d) const {
+    return expf(fminf(fmaxf(log_var[at(v, n, t, d)], lo), hi));
+  }
+};
+
+// One Gaussian's view moments and members, then H (lower triangle):
 // H_ij = δ + Σ_d a_i a_j p_v (Σ_{w≠v} p_w) / P inside a view (all positive terms),
-// δ - Σ_d a_i a_j p_v p_u / P across views.
-__device__ void load_and_assemble(const Scratch& w, const float* a, const float* mv, const float* var,
-                                  size_t n, int V, int R, int D, int lane) {
-  const int S = V * R;
-  for (int i = 0; i < S; ++i)
-    for (int d = lane; d < D; d += kWarp) w.a[i * w.lda + d] = a[(n * S + i) * D + d];
-  for (int e = lane; e < V * D; e += kWarp) {
-    w.p[e] = 1.f / var[n * V * D + e];
-    w.m[e] = mv[n * V * D + e];
+// δ - Σ_d a_i a_j p_v p_u / P across views. Writes the aleatoric and epistemic
+// summaries ([V, N], mean over D) where asked.
+__device__ void load_and_assemble(const Scratch& w, const Inputs& in, size_t n, int lane,
+                                  float* aleatoric, float* epistemic) {
+  const int V = in.V, R = in.R, D = in.D, S = V * R, T = R + 1;
+  for (int v = 0; v < V; ++v) {
+    float variance_sum = 0.f, spread_sum = 0.f;
+    for (int d = lane; d < D; d += kWarp) {
+      float mean = 0.f, variance = 0.f;
+      for (int t = 0; t < T; ++t) {
+        mean += in.mu[in.at(v, n, t, d)];
+        variance += in.variance_term(v, n, t, d);
+      }
+      mean /= T;
+      variance /= T;
+      float spread = 0.f, prefix = 0.f;
+      for (int t = 0; t < T; ++t) {
+        const float x = in.mu[in.at(v, n, t, d)];
+        spread += (x - mean) * (x - mean);
+        if (t > 0) w.a[(v * R + t - 1) * w.lda + d] = helmert_scale(t - 1, R) * (prefix - t * x);
+        prefix += x;
+      }
+      w.m[v * D + d] = mean;
+      w.p[v * D + d] = 1.f / variance;
+      variance_sum += variance;
+      spread_sum += spread / R;
+    }
+    variance_sum = warp_sum(variance_sum);
+    spread_sum = warp_sum(spread_sum);
+    if (aleatoric && lane == 0) {
+      aleatoric[v * static_cast<size_t>(in.N) + n] = variance_sum / D;
+      epistemic[v * static_cast<size_t>(in.N) + n] = spread_sum / D;
+    }
   }
   __syncwarp();
   for (int d = lane; d < D; d += kWarp) {
@@ -182,17 +224,16 @@ __device__ float capacitance_forward(const Scratch& w, int v, int R, int D, int 
   return norm;
 }
 
-__global__ void forward_kernel(const float* __restrict__ a, const float* __restrict__ mv,
-                               const float* __restrict__ var, float* __restrict__ mean,
-                               float* __restrict__ traces, float* __restrict__ z_out,
-                               int N, int V, int R, int D) {
+__global__ void forward_kernel(Inputs in, float* __restrict__ mean, float* __restrict__ traces,
+                               float* __restrict__ aleatoric, float* __restrict__ epistemic,
+                               float* __restrict__ z_out) {
   extern __shared__ float smem[];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const size_t n = static_cast<size_t>(blockIdx.x) * kWarpsPerBlock + warp;
-  if (n >= static_cast<size_t>(N)) return;
-  const int S = V * R;
+  if (n >= static_cast<size_t>(in.N)) return;
+  const int V = in.V, R = in.R, D = in.D, S = V * R;
   const Scratch w(smem + warp * scratch_floats(V, R, D, false), V, R, D, false);
-  load_and_assemble(w, a, mv, var, n, V, R, D, lane);
+  load_and_assemble(w, in, n, lane, aleatoric, epistemic);
   // right-hand side A_v P_v (pooled - m_v)
   for (int i = lane; i < S; i += kWarp) {
     const int v = i / R;
@@ -229,21 +270,23 @@ __global__ void forward_kernel(const float* __restrict__ a, const float* __restr
 
 // Mean part: λ = Σ g through the same latent system; with q_λ = Σ_v⁻¹λ, q_r = Σ_v⁻¹(μ̄_v - μ):
 // ∂μ̄_v = q_λ, ∂A_v = -(A q_λ) q_rᵀ - (A q_r) q_λᵀ, ∂σ²_v = -q_λ q_r.
+// These go back to μ and log σ² through the ensemble mean, the Helmert rows (by a suffix
+// sum) and mean_t exp(log σ²); the aleatoric and epistemic summaries add their own terms.
 // Trace part (∂tr Σ_v⁻¹ = -Σ_v⁻² dΣ_v): with Q = A P and M = C⁻¹ Q = A Σ_v⁻¹,
 // A Σ_v⁻² = M P - (M Qᵀ) M and diag Σ_v⁻² = p² - 2p Σ_k Q_k M_k + Σ_kl M_k (Q Qᵀ)_kl M_l.
-__global__ void backward_kernel(const float* __restrict__ a, const float* __restrict__ mv,
-                                const float* __restrict__ var, const float* __restrict__ mean,
-                                const float* __restrict__ z, const float* __restrict__ grad_mean,
-                                const float* __restrict__ grad_traces, float* __restrict__ grad_a,
-                                float* __restrict__ grad_mv, float* __restrict__ grad_var,
-                                int N, int V, int R, int D) {
+__global__ void backward_kernel(Inputs in, const float* __restrict__ mean, const float* __restrict__ z,
+                                const float* __restrict__ grad_mean, const float* __restrict__ grad_traces,
+                                const float* __restrict__ grad_aleatoric,
+                                const float* __restrict__ grad_epistemic,
+                                float* __restrict__ grad_mu, float* __restrict__ grad_log_var) {
   extern __shared__ float smem[];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const size_t n = static_cast<size_t>(blockIdx.x) * kWarpsPerBlock + warp;
+  const int N = in.N;
   if (n >= static_cast<size_t>(N)) return;
-  const int S = V * R;
+  const int V = in.V, R = in.R, D = in.D, S = V * R, T = R + 1;
   const Scratch w(smem + warp * scratch_floats(V, R, D, true), V, R, D, true);
-  load_and_assemble(w, a, mv, var, n, V, R, D, lane);
+  load_and_assemble(w, in, n, lane, nullptr, nullptr);
   for (int d = lane; d < D; d += kWarp) {
     w.g[d] = grad_mean[n * D + d];
     w.mean[d] = mean[n * D + d];
@@ -316,9 +359,11 @@ __global__ void backward_kernel(const float* __restrict__ a, const float* __rest
       }
       __syncwarp();
     }
+    const float g_al = grad_aleatoric ? grad_aleatoric[v * static_cast<size_t>(N) + n] / D : 0.f;
+    const float g_ep = grad_epistemic ? grad_epistemic[v * static_cast<size_t>(N) + n] * 2.f / (D * R) : 0.f;
     for (int d = lane; d < D; d += kWarp) {
       const float p = w.p[v * D + d], ql = w.qlam[v * D + d], qr = w.qres[v * D + d];
-      float gv = -ql * qr;
+      float gv = g_al - ql * qr;   // ∂/∂σ²_v
       if (grad_traces) {
         float diag = p * p;
         for (int k = 0; k < R; ++k) {
@@ -329,9 +374,11 @@ __global__ void backward_kernel(const float* __restrict__ a, const float* __rest
         }
         gv -= gt * diag;
       }
-      grad_mv[n * V * D + v * D + d] = ql;
-      grad_var[n * V * D + v * D + d] = gv;
-      for (int k = 0; k < R; ++k) {
+      const float centre = w.m[v * D + d];
+      const float shared = ql / T;   // through the ensemble mean
+      // ∂a_k/∂μ_t = c_k (t <= k), -(k+1) c_k (t = k+1): walk k down, keeping Σ_{k' > k} c_k' ∂a_k'
+      float suffix = 0.f;
+      for (int k = R - 1; k >= 0; --k) {
         const int i = v * R + k;
         float ga = -(w.alam[i] * qr + w.ares[i] * ql);
         if (grad_traces) {
@@ -339,7 +386,17 @@ __global__ void backward_kernel(const float* __restrict__ a, const float* __rest
           for (int l = 0; l < R; ++l) mq_m += w.mq[k * R + l] * w.mm[l * D + d];
           ga -= 2.f * gt * (w.mm[k * D + d] * p - mq_m);
         }
-        grad_a[n * S * D + i * D + d] = ga;
+        const float c_ga = helmert_scale(k, R) * ga;
+        const size_t at = in.at(v, n, k + 1, d);
+        grad_mu[at] = shared + g_ep * (in.mu[at] - centre) + suffix - (k + 1) * c_ga;
+        suffix += c_ga;
+      }
+      const size_t first = in.at(v, n, 0, d);
+      grad_mu[first] = shared + g_ep * (in.mu[first] - centre) + suffix;
+      for (int t = 0; t < T; ++t) {
+        const size_t at = in.at(v, n, t, d);
+        const float lv = in.log_var[at];
+        grad_log_var[at] = (lv >= in.lo && lv <= in.hi) ? gv * expf(lv) / T : 0.f;
       }
     }
     __syncwarp();
@@ -364,52 +421,72 @@ void launch_config(Kernel kernel, int V, int R, int D, bool backward, size_t* by
                                       static_cast<int>(*bytes)));
 }
 
-}  // namespace
-
-std::vector<torch::Tensor> product_of_views_forward(torch::Tensor a, torch::Tensor mv, torch::Tensor var) {
-  check(a, "a"); check(mv, "mean"); check(var, "variance");
-  const c10::cuda::CUDAGuard guard(a.device());
-  const int N = a.size(0), V = a.size(1), R = a.size(2), D = a.size(3);
-  auto mean = torch::empty({N, D}, a.options());
-  auto traces = torch::empty({N, V}, a.options());
-  auto z = torch::empty({N, V * R}, a.options());
-  if (N == 0) return {mean, traces, z};
-  size_t bytes;
-  launch_config(forward_kernel, V, R, D, false, &bytes);
-  const int blocks = (N + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  forward_kernel<<<blocks, kWarpsPerBlock * kWarp, bytes, at::cuda::getCurrentCUDAStream()>>>(
-      a.data_ptr<float>(), mv.data_ptr<float>(), var.data_ptr<float>(), mean.data_ptr<float>(),
-      traces.data_ptr<float>(), z.data_ptr<float>(), N, V, R, D);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {mean, traces, z};
+Inputs inputs(const torch::Tensor& mu, const torch::Tensor& log_var, double lo, double hi) {
+  check(mu, "mu");
+  check(log_var, "log_var");
+  TORCH_CHECK(mu.dim() == 4 && mu.sizes() == log_var.sizes() && mu.size(2) >= 2,
+              "mu and log_var must both be [V, N, T, D] with T >= 2");
+  return Inputs{mu.data_ptr<float>(), log_var.data_ptr<float>(), static_cast<int>(mu.size(1)),
+                static_cast<int>(mu.size(0)), static_cast<int>(mu.size(2) - 1), static_cast<int>(mu.size(3)),
+                static_cast<float>(lo), static_cast<float>(hi)};
 }
 
-std::vector<torch::Tensor> product_of_views_backward(torch::Tensor a, torch::Tensor mv, torch::Tensor var,
-                                                     torch::Tensor mean, torch::Tensor z,
-                                                     torch::Tensor grad_mean,
-                                                     c10::optional<torch::Tensor> grad_traces) {
-  check(a, "a"); check(mv, "mean"); check(var, "variance"); check(mean, "fused mean"); check(z, "z");
+int blocks_for(int N) { return (N + kWarpsPerBlock - 1) / kWarpsPerBlock; }
+
+const float* optional_ptr(const c10::optional<torch::Tensor>& t, const char* name) {
+  if (!t) return nullptr;
+  check(*t, name);
+  return t->data_ptr<float>();
+}
+
+}  // namespace
+
+// mu, log_var [V, N, T, D] -> fused mean [N, D], traces [N, V], aleatoric and epistemic [V, N], z [N, V(T-1)]
+std::vector<torch::Tensor> fusion_forward(torch::Tensor mu, torch::Tensor log_var, double lo, double hi) {
+  const Inputs in = inputs(mu, log_var, lo, hi);
+  const c10::cuda::CUDAGuard guard(mu.device());
+  auto mean = torch::empty({in.N, in.D}, mu.options());
+  auto traces = torch::empty({in.N, in.V}, mu.options());
+  auto aleatoric = torch::empty({in.V, in.N}, mu.options());
+  auto epistemic = torch::empty({in.V, in.N}, mu.options());
+  auto z = torch::empty({in.N, in.V * in.R}, mu.options());
+  if (in.N > 0) {
+    size_t bytes;
+    launch_config(forward_kernel, in.V, in.R, in.D, false, &bytes);
+    forward_kernel<<<blocks_for(in.N), kWarpsPerBlock * kWarp, bytes, at::cuda::getCurrentCUDAStream()>>>(
+        in, mean.data_ptr<float>(), traces.data_ptr<float>(), aleatoric.data_ptr<float>(),
+        epistemic.data_ptr<float>(), z.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {mean, traces, aleatoric, epistemic, z};
+}
+
+// Gradients w.r.t. mu and log_var given those of the forward's four outputs (any but the mean may be absent).
+std::vector<torch::Tensor> fusion_backward(torch::Tensor mu, torch::Tensor log_var, double lo, double hi,
+                                           torch::Tensor mean, torch::Tensor z, torch::Tensor grad_mean,
+                                           c10::optional<torch::Tensor> grad_traces,
+                                           c10::optional<torch::Tensor> grad_aleatoric,
+                                           c10::optional<torch::Tensor> grad_epistemic) {
+  const Inputs in = inputs(mu, log_var, lo, hi);
+  check(mean, "fused mean");
+  check(z, "z");
   check(grad_mean, "grad_mean");
-  if (grad_traces) check(*grad_traces, "grad_traces");
-  const c10::cuda::CUDAGuard guard(a.device());
-  const int N = a.size(0), V = a.size(1), R = a.size(2), D = a.size(3);
-  auto grad_a = torch::empty_like(a);
-  auto grad_mv = torch::empty_like(mv);
-  auto grad_var = torch::empty_like(var);
-  if (N == 0) return {grad_a, grad_mv, grad_var};
-  size_t bytes;
-  launch_config(backward_kernel, V, R, D, true, &bytes);
-  const int blocks = (N + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  backward_kernel<<<blocks, kWarpsPerBlock * kWarp, bytes, at::cuda::getCurrentCUDAStream()>>>(
-      a.data_ptr<float>(), mv.data_ptr<float>(), var.data_ptr<float>(), mean.data_ptr<float>(),
-      z.data_ptr<float>(), grad_mean.data_ptr<float>(),
-      grad_traces ? grad_traces->data_ptr<float>() : nullptr, grad_a.data_ptr<float>(),
-      grad_mv.data_ptr<float>(), grad_var.data_ptr<float>(), N, V, R, D);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {grad_a, grad_mv, grad_var};
+  const c10::cuda::CUDAGuard guard(mu.device());
+  auto grad_mu = torch::empty_like(mu);
+  auto grad_log_var = torch::empty_like(log_var);
+  if (in.N > 0) {
+    size_t bytes;
+    launch_config(backward_kernel, in.V, in.R, in.D, true, &bytes);
+    backward_kernel<<<blocks_for(in.N), kWarpsPerBlock * kWarp, bytes, at::cuda::getCurrentCUDAStream()>>>(
+        in, mean.data_ptr<float>(), z.data_ptr<float>(), grad_mean.data_ptr<float>(),
+        optional_ptr(grad_traces, "grad_traces"), optional_ptr(grad_aleatoric, "grad_aleatoric"),
+        optional_ptr(grad_epistemic, "grad_epistemic"), grad_mu.data_ptr<float>(), grad_log_var.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {grad_mu, grad_log_var};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &product_of_views_forward, "fused mean, precision traces and latent solution");
-  m.def("backward", &product_of_views_backward, "gradients w.r.t. members, view means and variances");
+  m.def("forward", &fusion_forward, "fused mean, precision traces, view summaries and latent solution");
+  m.def("backward", &fusion_backward, "gradients w.r.t. the members' means and log-variances");
 }
