@@ -202,14 +202,14 @@ def precision_fusion(mu: Tensor, log_var: Tensor, kernel: bool = True) -> Fusion
     fused = _fused_kernel(mu) if kernel else None
     if fused is not None:
         mean, traces, aleatoric, epistemic = fused.apply(mu, log_var, *LOG_VAR_RANGE)
-        return FusionResult(mean=mean, aleatoric=aleatoric, epistemic=epistemic,
-                            weight=_shares(traces, dim=1).transpose(0, 1))
-    r = mu.shape[2] - 1
-    mean_v, variance, spread = _moments(mu, log_var.clamp(*LOG_VAR_RANGE))
-    a = (_helmert_coordinates(mu) / math.sqrt(r)).transpose(0, 1).contiguous()  # [N, V, r, D]
-    mean, traces = _ProductOfViews.apply(a, mean_v.transpose(0, 1), variance.transpose(0, 1))
+    else:
+        r = mu.shape[2] - 1
+        mean_v, variance, spread = _moments(mu, log_var.clamp(*LOG_VAR_RANGE))
+        a = (_helmert_coordinates(mu) / math.sqrt(r)).transpose(0, 1).contiguous()  # [N, V, r, D]
+        mean, traces = _ProductOfViews.apply(a, mean_v.transpose(0, 1), variance.transpose(0, 1))
+        aleatoric, epistemic = variance.mean(-1), spread.mean(-1)
     weight = _shares(traces, dim=1).transpose(0, 1)
-    return FusionResult(mean=mean, aleatoric=variance.mean(-1), epistemic=spread.mean(-1), weight=weight)
+    return FusionResult(mean=mean, aleatoric=aleatoric, epistemic=epistemic, weight=weight)
 
 
 def uniform_fusion(mu: Tensor, log_var: Tensor) -> FusionResult:

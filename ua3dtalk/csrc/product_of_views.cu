@@ -79,14 +79,14 @@ __device__ void solve(const float* L, int ld, int size, const float* s, float* x
 __host__ __device__ inline int scratch_floats(int V, int R, int D, bool backward) {
   const int S = V * R;
   int n = S * (D + 1) + 5 * V * D + 2 * D + S * (S + 1) + 2 * S + R * (R + 1) + R + R * kWarp;
-  if (backward) n += S + 3 * D + 2 * S + 2 * V * D + R * D + 2 * R * R;
+  if (backward) n += S + 2 * D + 2 * S + 2 * V * D + R * D + 2 * R * R;
   return n;
 }
 
 struct Scratch {
   int lda;
   float *a, *p, *m, *own, *cross, *total, *pooled, *h, *x, *s, *c, *cs, *y;
-  float *z, *g, *lam, *mean, *alam, *ares, *qlam, *qres, *mm, *mq, *qq;
+  float *z, *g, *mean, *alam, *ares, *qlam, *qres, *mm, *mq, *qq;
 
   __device__ Scratch(float* base, int V, int R, int D, bool backward) : lda(D + 1) {
     const int S = V * R;
@@ -96,7 +96,7 @@ struct Scratch {
     total = take(D); pooled = take(D); h = take(S * (S + 1)); x = take(S); s = take(S);
     c = take(R * (R + 1)); cs = take(R); y = take(R * kWarp);
     if (backward) {
-      z = take(S); g = take(D); lam = take(D); mean = take(D); alam = take(S); ares = take(S);
+      z = take(S); g = take(D); mean = take(D); alam = take(S); ares = take(S);
       qlam = take(V * D); qres = take(V * D); mm = take(R * D); mq = take(R * R); qq = take(R * R);
     }
   }
