@@ -27,7 +27,7 @@ def tiny_options(**overrides: object) -> "TrainOptions":  # noqa: F821
     from ua3dtalk.train import TrainOptions
 
     base = dict(size=TINY_SIZE, device="cpu", face_points=400, mouth_points=60, log_every=5,
-                save_every=10, densify_every=6)
+                save_every=10, densify_every=6, frames_per_step=5)
     return TrainOptions(**{**base, **overrides})
 
 

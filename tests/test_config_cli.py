@@ -46,3 +46,12 @@ def test_triplane_shapes_and_gradients():
     assert feats.shape == (100, 2, 4)
     feats.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in field.planes)
+
+
+def test_triplane_features_start_near_one_and_vary_with_position():
+    """Position features of the same order as the per-frame view features beside them, and
+    different from point to point, so the deformation can depend on position from step one."""
+    field = TriPlaneField(dim=16, base_resolution=16, multires=(1, 2))
+    feats = field(torch.rand(2000, 3) * 2 - 1)
+    assert 0.8 < float(feats.mean()) < 1.2
+    assert float(feats.std(dim=0).mean()) > 0.3

@@ -132,6 +132,19 @@ def test_codebook_attention_rows_sum_to_one_and_shape() -> None:
     assert not torch.allclose(out[0], out[1])
 
 
+def test_emotions_start_with_distinct_modulations() -> None:
+    """At initialisation the label must already change the per-Gaussian features by a visible
+    amount (with near-uniform attention every emotion got the same code and the label was ignored)."""
+    enc = EmotionCodebookEncoding(CFG)
+    emotion = torch.randn(8, CFG.emotion_dim)          # standardised embeddings of eight emotions
+    codes = enc.modulation(emotion)
+    spread = (codes[:, None] - codes[None]).abs().mean()
+    assert spread > 0.02, spread           # 0.0002 with codes of 0.1 and queries shrunk 10x
+    xyz = torch.rand(200, 3) * 2 - 1
+    feat = enc(xyz, emotion)
+    assert (feat[0] - feat[1]).abs().mean() > 0.01 * feat.abs().mean()
+
+
 def test_no_codebook_ablation_modulates_by_a_linear_projection() -> None:
     enc = EmotionCodebookEncoding(CFG, codebooks=False)
     assert enc.codebooks is None

@@ -17,6 +17,7 @@ def test_training_improves_the_render(tiny_trainer):
     phases = [h["phase"] for h in history]
     assert phases[0] == "priors" and phases[-1] == "fusion" and "mouth" in phases and "face" in phases
     assert {h["stage"] for h in render} == {1, 2}  # stage 1 -> stage 2 part-way
+    assert all(np.isfinite(h["flow"]) and h["flow"] >= 0 for h in render)  # landmark-guided motion
     assert (tiny_trainer.out / "runs").is_dir()  # TensorBoard logs
 
 
@@ -35,11 +36,31 @@ def test_resume_continues_from_the_same_state(tiny_subject, tmp_path):
         for name, value in slots.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb["state"][index][name])), (index, name)
     assert torch.equal(first.generator.get_state(), resumed.generator.get_state())
+    for part in ("face", "mouth"):   # landmark bindings as of the last density control step
+        for saved, loaded in zip(first.bindings[part], resumed.bindings[part]):
+            assert torch.equal(saved, loaded), part
     for key in ("grad_accum", "denom", "max_radii"):
         assert torch.equal(getattr(first.face_density, key), getattr(resumed.face_density, key))
     assert resumed.train_seconds == first.train_seconds
     resumed.run()
     assert resumed.step == 10 and resumed.history[-1]["phase"] == "fusion"
+
+
+def test_a_time_limit_stops_with_a_resumable_save(tiny_subject, tmp_path):
+    trainer = Trainer(tiny_subject, tmp_path / "t", tiny_options(iterations=10))
+    trainer.run(minutes=1e-9)
+    assert trainer.step == 1 and (tmp_path / "t" / "training_state.safetensors").is_file()
+    resumed = Trainer(tiny_subject, tmp_path / "t", tiny_options(iterations=10, resume=True))
+    assert resumed.step == 1
+
+
+def test_learning_rates_decay_over_the_rendering_steps(tiny_trainer):
+    rates = {g["name"]: (g["lr"], g["base_lr"]) for g in tiny_trainer.optimizer.param_groups}
+    lr, base = rates["face.xyz"]
+    assert lr < 0.02 * base                       # 3DGS: positions to 1/100
+    lr, base = rates["face_net"]
+    assert 0.05 * base < lr < 0.2 * base          # networks to 1/10
+    assert rates["face_net.field"][1] == 10 * rates["face_net"][1]
 
 
 def test_resume_without_state_is_a_clear_error(tiny_subject, tmp_path):

@@ -56,12 +56,15 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
                    help="skip the final held-out evaluation (run `ua3dtalk eval` later, e.g. on another machine)")
     p.add_argument("--until", type=int, default=None,
                    help="stop at this step with a resumable save (for time-limited machines; --resume goes on)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop after this many minutes of training with a resumable save (--resume goes on)")
 
     def run(a: argparse.Namespace) -> None:
         from ua3dtalk.train import TrainOptions, train
         train(a.data, a.out, TrainOptions(
             preset=a.preset, iterations=a.iterations, resume=a.resume, fusion=a.fusion,
-            codebooks=not a.no_codebooks, size=a.size, device=a.device), evaluate=not a.no_eval, until=a.until)
+            codebooks=not a.no_codebooks, size=a.size, device=a.device), evaluate=not a.no_eval, until=a.until,
+            minutes=a.minutes)
     return run
 
 

@@ -146,10 +146,10 @@ class EmotionCodebookEncoding(nn.Module):
         self.levels = len(cfg.emotion_multires)
         self.field = TriPlaneField(self.dim, cfg.hexplane_resolution, cfg.emotion_multires)
         self.query = nn.Linear(cfg.emotion_dim, self.levels * self.dim)
-        with torch.no_grad():
-            self.query.weight.mul_(0.1)
-            self.query.bias.zero_()
-        self.codebooks = (nn.Parameter(0.1 * torch.randn(self.levels, cfg.codebook_size, self.dim))
+        # codes of spread 0.5 on features near 1: emotions start with distinct modulations of
+        # tens of per cent (with codes of 0.1 and shrunk queries the attention was uniform and
+        # every emotion got the same code, so the label had no visible effect)
+        self.codebooks = (nn.Parameter(0.5 * torch.randn(self.levels, cfg.codebook_size, self.dim))
                           if codebooks else None)
 
     @property

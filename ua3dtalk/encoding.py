@@ -23,9 +23,12 @@ class TriPlaneField(nn.Module):
         self.planes = nn.ParameterList()
         for m in self.multires:
             res = base_resolution * m
-            # start near 1 so the product over planes starts near 1 (K-planes init)
+            # each plane uniform in [0.5, 1.5]: the product of the three starts at mean 1 and
+            # spread ~0.5, so position features are of the same order as the per-frame view
+            # features beside them (K-planes' [0.1, 0.5] gives ~0.03, and the deformation
+            # then hardly depends on position: every Gaussian moves alike)
             for _ in _PLANES:
-                self.planes.append(nn.Parameter(torch.empty(1, dim, res, res).uniform_(0.1, 0.5)))
+                self.planes.append(nn.Parameter(torch.empty(1, dim, res, res).uniform_(0.5, 1.5)))
         self.register_buffer("lo", torch.full((3,), float(bounds[0])))
         self.register_buffer("hi", torch.full((3,), float(bounds[1])))
 

@@ -31,7 +31,9 @@ from torch import Tensor
 from ua3dtalk import audio as audio_io
 from ua3dtalk.config import ModelConfig, preset
 from ua3dtalk.data.dataset import MASK_LABELS, SubjectDataset
+from ua3dtalk.encoding import TriPlaneField
 from ua3dtalk.gaussians import DensityController
+from ua3dtalk.landmark_flow import LandmarkFlow
 from ua3dtalk.metrics import psnr, ssim
 from ua3dtalk.model import Conditioning, TalkingHead, load_checkpoint, save_checkpoint
 from ua3dtalk.prior import mouth_crops
@@ -44,6 +46,8 @@ DEFAULT_ITERATIONS = {"demo": 6000, "paper": 30000}
 DEFAULT_MAX_GAUSSIANS = {"demo": 64_000, "paper": 300_000}
 _DENSITY_STATS = ("grad_accum", "denom", "max_radii")  # density control's running statistics
 MAX_SKIPPED_STEPS = 20  # non-finite steps in a row before training stops as diverged
+NETWORK_LR, FIELD_LR = 1e-3, 1e-2
+POSITION_LR_FINAL, NETWORK_LR_FINAL = 0.01, 0.1  # share of the initial rates left at the last step
 
 
 @dataclass
@@ -56,6 +60,9 @@ class TrainOptions:
     size: int | None = None
     device: str | None = None
     seed: int = 0
+    # consecutive frames of one clip rendered per step (the lip expert sees the middle ones); more
+    # frames cost little more time, as a step is bound by kernel launches rather than arithmetic
+    frames_per_step: int = 10
     # shares of the iterations
     priors_until: float = 0.1
     mouth_until: float = 0.2
@@ -67,6 +74,7 @@ class TrainOptions:
     distill_weight: float = 0.1
     nll_weight: float = 0.01
     deform_weight: float = 1e-3
+    flow_weight: float = 5.0       # landmark-guided motion (ua3dtalk.landmark_flow)
     # densification (in render iterations)
     densify_every: int = 100
     densify_until: float = 0.7
@@ -192,11 +200,17 @@ class Trainer:
         self.train_seconds = 0.0
         if resume:
             self._load_state()
-        self.batches = Batches(self.data, self.cfg.content_window, self.generator)
+        self.windows = Batches(self.data, self.cfg.content_window, self.generator)   # lip expert
+        self.batches = Batches(self.data, max(options.frames_per_step, self.cfg.content_window), self.generator)
         self.face_density = DensityController(self.model.face, self.optimizer)
         self.mouth_density = DensityController(self.model.mouth, self.optimizer)
+        reference = self.data[0]   # the frame the canonical Gaussians were built from (initial_geometry)
+        self.flow = LandmarkFlow(self.data.canonical.to(self.device), self.data.K.float().to(self.device),
+                                 torch.as_tensor(reference["landmarks"]).float().to(self.device),
+                                 torch.as_tensor(reference["viewmat"]).float().to(self.device))
+        self.bindings = {part: self.flow.bind(getattr(self.model, part).xyz) for part in ("face", "mouth")}
         if resume:
-            self._load_density()
+            self._restore_part_state()
 
     # -- set-up ---------------------------------------------------------------
     def _fresh_model(self) -> TalkingHead:
@@ -226,12 +240,31 @@ class Trainer:
         return feats[: len(self.data.clip_frames(clip))]
 
     def _optimizer(self) -> torch.optim.Adam:
+        """Adam over all parts. The tri-plane fields learn at 10x the networks' rate, as grids
+        do in K-planes and 4D-GS: a cell sees few Gaussians' gradients per step."""
         model, extent = self.model, self._extent()
         groups = model.face.param_groups(prefix="face.", extent=extent) + \
             model.mouth.param_groups(prefix="mouth.", extent=extent)
         for name in ("prior", "emotion", "face_net", "mouth_net"):
-            groups.append({"params": list(getattr(model, name).parameters()), "lr": 1e-3, "name": name})
+            module = getattr(model, name)
+            fields = {id(p) for m in module.modules() if isinstance(m, TriPlaneField) for p in m.parameters()}
+            networks = [p for p in module.parameters() if id(p) not in fields]
+            groups.append({"params": networks, "lr": NETWORK_LR, "name": name})
+            if fields:
+                groups.append({"params": [p for p in module.parameters() if id(p) in fields],
+                               "lr": FIELD_LR, "name": f"{name}.field"})
+        for group in groups:
+            group["base_lr"] = group["lr"]
         return torch.optim.Adam(groups, eps=1e-15)
+
+    def _decay_learning_rates(self) -> None:
+        """Exponential decay over the rendering steps, a function of the step alone (so resuming is
+        exact): Gaussian positions to 1/100 (3DGS), networks and fields to 1/10 (4D-GS)."""
+        start = math.ceil(self.total * self.opt.priors_until)
+        progress = min(max((self.step - start) / max(self.total - start, 1), 0.0), 1.0)
+        for group in self.optimizer.param_groups:
+            final = POSITION_LR_FINAL if group["name"].endswith(".xyz") else NETWORK_LR_FINAL
+            group["lr"] = group["base_lr"] * final ** progress
 
     # -- phases ---------------------------------------------------------------
     def phase(self, step: int) -> str:
@@ -264,8 +297,8 @@ class Trainer:
                 p.grad = None
 
     # -- steps ----------------------------------------------------------------
-    def _batch(self) -> tuple[dict[str, Tensor], Conditioning]:
-        indices = torch.tensor(self.batches.draw(), device=self.device)
+    def _batch(self, batches: Batches | None = None) -> tuple[dict[str, Tensor], Conditioning]:
+        indices = torch.tensor((batches or self.batches).draw(), device=self.device)
         batch = {key: value[indices] for key, value in self.table.items()}
         batch["image"] = batch["image"].float() / 255
         clip = int(batch["clip"][0])
@@ -283,7 +316,7 @@ class Trainer:
         expert, emotion = self.model.prior.lip_expert, self.model.emotion
         audio_emb, mouth_emb, ce = [], [], 0.0
         for _ in range(windows):
-            batch, cond = self._batch()
+            batch, cond = self._batch(self.windows)
             centre = cond.frames[len(cond.frames) // 2:][:1]
             audio_emb.append(expert.audio_embedding(cond.features, centre))
             mouth_emb.append(expert.mouth_embedding(mouth_windows(batch["image"].float(), batch["landmarks"].float())))
@@ -312,18 +345,25 @@ class Trainer:
         l1 = ((pred - target).abs() * weight).sum() / (weight.sum() * 3).clamp_min(1)
         dssim = 1 - ssim(pred, target).mean()
         loss = l1 + o.ssim_weight * dssim
-        mouths = mouth_windows(pred, batch["landmarks"].float())
+        first = (len(cond.frames) - self.cfg.content_window) // 2    # the lip expert's window: the middle frames
+        window = slice(first, first + self.cfg.content_window)
+        mouths = mouth_windows(pred[window], batch["landmarks"][window].float())
         expert = self.model.prior.lip_expert
-        audio_emb = expert.audio_embedding(cond.features, cond.frames[len(cond.frames) // 2:][:1]).detach()
+        centre = cond.frames[window][self.cfg.content_window // 2:][:1]
+        audio_emb = expert.audio_embedding(cond.features, centre).detach()
         sync = 1 - expert.confidence(audio_emb, expert.mouth_embedding(mouths)).mean()
         distill = out.emotion["distill"]
         nll = out.face.nll + out.mouth.nll
         deform = out.face.d_xyz.pow(2).mean() + out.mouth.d_xyz.pow(2).mean()
-        loss = loss + o.sync_weight * sync + o.distill_weight * distill + o.nll_weight * nll + o.deform_weight * deform
+        landmarks, viewmats = batch["landmarks"].float(), batch["viewmat"].float()
+        flow = sum(self.flow.loss(getattr(self.model, part).xyz.detach(), getattr(out, part).d_xyz,
+                                  self.bindings[part], landmarks, viewmats, size) for part in ("face", "mouth"))
+        loss = loss + o.sync_weight * sync + o.distill_weight * distill + o.nll_weight * nll + \
+            o.deform_weight * deform + o.flow_weight * flow
         with torch.no_grad():
             quality = float(psnr(pred.clamp(0, 1), target).mean())
         stats = {"l1": l1.item(), "sync": sync.item(), "distill": distill.item(), "nll": nll.item(),
-                 "psnr": quality, "stage": stage}
+                 "flow": flow.item(), "psnr": quality, "stage": stage}
         return loss, stats, out
 
     def _densify(self, out, phase: str) -> None:  # noqa: ANN001
@@ -345,8 +385,7 @@ class Trainer:
             if due and self.step < self.total * o.densify_until and total < self.max_gaussians:
                 density.densify_and_prune(grad_threshold=o.grad_threshold, min_opacity=0.005,
                                           extent=self._extent(), max_screen_size=size / 4)
-        if due:
-            self.model.fit_bounds()
+                self.bindings[part] = self.flow.bind(getattr(self.model, part).xyz)
 
     def _backward(self, loss: Tensor, phase: str) -> bool:
         """Gradients of the trainable parts; False (and the step is skipped, as a mixed-precision
@@ -371,11 +410,15 @@ class Trainer:
         xyz = self.model.face.xyz.detach()
         return float((xyz - xyz.mean(0)).norm(dim=-1).max())
 
-    def run(self, until: int | None = None) -> Path:
-        """Train to ``until`` (default: the end), saving along the way and at the stop."""
+    def run(self, until: int | None = None, minutes: float | None = None) -> Path:
+        """Train to ``until`` (default: the end), or for ``minutes`` of wall-clock time, whichever
+        comes first, saving along the way and at the stop."""
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
+        if minutes is not None and not minutes > 0:
+            raise ValueError(f"minutes must be positive, got {minutes}")
+        deadline = None if minutes is None else time.perf_counter() + 60 * minutes
         end = min(until or self.total, self.total)
         writer = SummaryWriter(str(self.out / "runs"))
         last = time.perf_counter()
@@ -383,6 +426,7 @@ class Trainer:
         stats: dict[str, float] = {}
         while self.step < end:
             phase = self.phase(self.step)
+            self._decay_learning_rates()
             self.optimizer.zero_grad(set_to_none=True)
             if phase == "priors":
                 loss, stats = self._prior_loss()
@@ -406,6 +450,8 @@ class Trainer:
                 bar.set_postfix(phase=phase, loss=f"{stats['loss']:.4f}",
                                 **({"psnr": f"{stats['psnr']:.2f}"} if "psnr" in stats else {}))
             bar.update(1)
+            if deadline is not None and now >= deadline:
+                end = self.step
             if self.step % self.opt.save_every == 0 or self.step == end:
                 self.save()
         bar.close()
@@ -427,6 +473,8 @@ class Trainer:
         for name, density in (("face", self.face_density), ("mouth", self.mouth_density)):
             for key in _DENSITY_STATS:
                 tensors[f"density/{name}/{key}"] = getattr(density, key).detach().cpu().contiguous()
+            for key, value in zip(("index", "weight"), self.bindings[name]):
+                tensors[f"flow/{name}/{key}"] = value.detach().cpu().contiguous()
         groups = [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]
         meta = {"step": str(self.step), "total": str(self.total), "options": json.dumps(asdict(self.opt)),
                 "train_seconds": str(self.train_seconds),
@@ -458,27 +506,31 @@ class Trainer:
         self.generator.set_state(tensors["rng/batches"])
         if "rng/cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
-        self._density_state = {k: v for k, v in tensors.items() if k.startswith("density/")}
+        self._part_state = {k: v for k, v in tensors.items() if k.startswith(("density/", "flow/"))}
 
-    def _load_density(self) -> None:
+    def _restore_part_state(self) -> None:
+        """Density statistics and landmark bindings as saved (the bindings date from the last
+        density control step, not from the Gaussians' current positions)."""
         for name, density in (("face", self.face_density), ("mouth", self.mouth_density)):
             for key in _DENSITY_STATS:
-                setattr(density, key, self._density_state[f"density/{name}/{key}"].to(self.device))
+                setattr(density, key, self._part_state[f"density/{name}/{key}"].to(self.device))
+            self.bindings[name] = tuple(self._part_state[f"flow/{name}/{key}"].to(self.device)
+                                        for key in ("index", "weight"))
 
 
 def train(data: str | Path, out: str | Path, options: TrainOptions | None = None, evaluate: bool = True,
-          until: int | None = None) -> Path:
+          until: int | None = None, minutes: float | None = None) -> Path:
     """The ``ua3dtalk train`` command: train (or resume) and evaluate on held-out clips.
 
-    ``until`` stops early at that step with a resumable save (the evaluation
-    waits for the end of the schedule)."""
+    ``until`` (a step) or ``minutes`` (of training) stops early with a resumable
+    save (the evaluation waits for the end of the schedule)."""
     from ua3dtalk.evaluate import evaluate_model
 
     options = options or TrainOptions()
     trainer = Trainer(data, out, options)
     if until is not None and until <= trainer.step:
         raise ValueError(f"--until {until}: the training state in {out} is already at step {trainer.step}")
-    trainer.run(until=until)
+    trainer.run(until=until, minutes=minutes)
     if trainer.step < trainer.total:
         print(f"stopped at step {trainer.step} of {trainer.total}; continue with --resume")
         return Path(out)
