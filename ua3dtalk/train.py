@@ -126,32 +126,35 @@ def mouth_windows(images: Tensor, landmarks: Tensor) -> Tensor:
 
 def initial_geometry(data: SubjectDataset, n_face: int, n_mouth: int, generator: torch.Generator
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Face and mouth points (world) with colours, back-projected from the first
-    training frame: pixel depths are interpolated from the landmarks' depths,
-    and inside-mouth pixels are pushed behind the lips."""
+    """Face and mouth points (world) with colours, back-projected from training
+    frames: pixel depths are interpolated from the landmarks' depths. Face points
+    come from the first frame (the landmark motion targets are relative to it);
+    inside-mouth points from the first clip's widest-open frame, pushed behind
+    the lips, so that teeth and mouth interior have colours and extent before the
+    lips ever part (from a closed mouth they would start as a line of lip pixels)."""
     from scipy.interpolate import griddata
 
-    item = data[0]
-    viewmat, K = torch.as_tensor(item["viewmat"]).double(), data.K.double()
+    K = data.K.double()
     world = torch.cat([data.canonical.double(), torch.ones(len(data.canonical), 1, dtype=torch.float64)], 1)
-    cam = (viewmat @ world.t()).t()[:, :3]
-    uv = (K @ cam.t()).t()
-    uv = uv[:, :2] / uv[:, 2:]
-    mask = torch.as_tensor(item["mask"])
-    image = torch.as_tensor(item["image"])
-    head_depth = cam[:, 2]
-    mouth_depth = float(head_depth.max() - head_depth.min()) * 0.25
 
-    def sample(label: int, count: int, push: float) -> tuple[Tensor, Tensor]:
+    def sample(item: dict, label: int, count: int, push_share: float) -> tuple[Tensor, Tensor]:
+        viewmat = torch.as_tensor(item["viewmat"]).double()
+        cam = (viewmat @ world.t()).t()[:, :3]
+        uv = (K @ cam.t()).t()
+        uv = uv[:, :2] / uv[:, 2:]
+        depth = cam[:, 2]
+        mask, image = torch.as_tensor(item["mask"]), torch.as_tensor(item["image"])
         ys, xs = torch.nonzero(mask == label, as_tuple=True)
         if len(xs) == 0:
-            raise ValueError(f"the first training frame has no pixels labelled {label} in its mask")
+            raise ValueError(f"training frame {item['frame']} of clip {item['clip']} has no pixels labelled "
+                             f"{label} in its mask")
         pick = torch.randint(len(xs), (count,), generator=generator)
         u = xs[pick].double() + torch.rand(count, generator=generator, dtype=torch.float64) - 0.5
         v = ys[pick].double() + torch.rand(count, generator=generator, dtype=torch.float64) - 0.5
-        z = griddata(uv.numpy(), head_depth.numpy(), np.stack([u.numpy(), v.numpy()], 1), method="linear")
-        z_near = griddata(uv.numpy(), head_depth.numpy(), np.stack([u.numpy(), v.numpy()], 1), method="nearest")
-        z = torch.from_numpy(np.where(np.isnan(z), z_near, z)) + push
+        pixels = np.stack([u.numpy(), v.numpy()], 1)
+        z = griddata(uv.numpy(), depth.numpy(), pixels, method="linear")
+        z_near = griddata(uv.numpy(), depth.numpy(), pixels, method="nearest")
+        z = torch.from_numpy(np.where(np.isnan(z), z_near, z)) + push_share * float(depth.max() - depth.min())
         x = (u - K[0, 2]) / K[0, 0] * z
         y = (v - K[1, 2]) / K[1, 1] * z
         points_cam = torch.stack([x, y, z, torch.ones_like(z)], 1)
@@ -159,8 +162,10 @@ def initial_geometry(data: SubjectDataset, n_face: int, n_mouth: int, generator:
         colors = image[:, ys[pick], xs[pick]].t()
         return points.float(), colors.float()
 
-    face_points, face_colors = sample(FACE_LABEL, n_face, 0.0)
-    mouth_points, mouth_colors = sample(MOUTH_LABEL, n_mouth, mouth_depth)
+    first_clip = data.clip_frames(0)
+    widest = max(first_clip, key=lambda i: data.mouth_open[data.global_index(i)])
+    face_points, face_colors = sample(data[0], FACE_LABEL, n_face, 0.0)
+    mouth_points, mouth_colors = sample(data[widest], MOUTH_LABEL, n_mouth, 0.25)
     return face_points, face_colors, mouth_points, mouth_colors
 
 
@@ -208,7 +213,7 @@ class Trainer:
         self.flow = LandmarkFlow(self.data.canonical.to(self.device), self.data.K.float().to(self.device),
                                  torch.as_tensor(reference["landmarks"]).float().to(self.device),
                                  torch.as_tensor(reference["viewmat"]).float().to(self.device))
-        self.bindings = {part: self.flow.bind(getattr(self.model, part).xyz) for part in ("face", "mouth")}
+        self.face_binding = self.flow.bind(self.model.face.xyz)
         if resume:
             self._restore_part_state()
 
@@ -356,8 +361,8 @@ class Trainer:
         nll = out.face.nll + out.mouth.nll
         deform = out.face.d_xyz.pow(2).mean() + out.mouth.d_xyz.pow(2).mean()
         landmarks, viewmats = batch["landmarks"].float(), batch["viewmat"].float()
-        flow = sum(self.flow.loss(getattr(self.model, part).xyz.detach(), getattr(out, part).d_xyz,
-                                  self.bindings[part], landmarks, viewmats, size) for part in ("face", "mouth"))
+        # the face only: teeth and tongue do not follow the skin (the image loss moves them)
+        flow = self.flow.loss(self.model.face.xyz.detach(), out.face.d_xyz, self.face_binding, landmarks, viewmats, size)
         loss = loss + o.sync_weight * sync + o.distill_weight * distill + o.nll_weight * nll + \
             o.deform_weight * deform + o.flow_weight * flow
         with torch.no_grad():
@@ -385,7 +390,8 @@ class Trainer:
             if due and self.step < self.total * o.densify_until and total < self.max_gaussians:
                 density.densify_and_prune(grad_threshold=o.grad_threshold, min_opacity=0.005,
                                           extent=self._extent(), max_screen_size=size / 4)
-                self.bindings[part] = self.flow.bind(getattr(self.model, part).xyz)
+                if part == "face":
+                    self.face_binding = self.flow.bind(self.model.face.xyz)
 
     def _backward(self, loss: Tensor, phase: str) -> bool:
         """Gradients of the trainable parts; False (and the step is skipped, as a mixed-precision
@@ -473,8 +479,8 @@ class Trainer:
         for name, density in (("face", self.face_density), ("mouth", self.mouth_density)):
             for key in _DENSITY_STATS:
                 tensors[f"density/{name}/{key}"] = getattr(density, key).detach().cpu().contiguous()
-            for key, value in zip(("index", "weight"), self.bindings[name]):
-                tensors[f"flow/{name}/{key}"] = value.detach().cpu().contiguous()
+        for key, value in zip(("index", "weight"), self.face_binding):
+            tensors[f"flow/face/{key}"] = value.detach().cpu().contiguous()
         groups = [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]
         meta = {"step": str(self.step), "total": str(self.total), "options": json.dumps(asdict(self.opt)),
                 "train_seconds": str(self.train_seconds),
@@ -514,8 +520,7 @@ class Trainer:
         for name, density in (("face", self.face_density), ("mouth", self.mouth_density)):
             for key in _DENSITY_STATS:
                 setattr(density, key, self._part_state[f"density/{name}/{key}"].to(self.device))
-            self.bindings[name] = tuple(self._part_state[f"flow/{name}/{key}"].to(self.device)
-                                        for key in ("index", "weight"))
+        self.face_binding = tuple(self._part_state[f"flow/face/{key}"].to(self.device) for key in ("index", "weight"))
 
 
 def train(data: str | Path, out: str | Path, options: TrainOptions | None = None, evaluate: bool = True,

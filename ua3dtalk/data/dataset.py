@@ -159,7 +159,7 @@ class SubjectDataset(Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} frames")
         i = int(i) % len(self)
-        g = int(self._global[i])
+        g = self.global_index(i)
         ci = int(self._clip_of[i])
         clip = self.clips[ci]
         img, mask = self._load(i)
@@ -176,6 +176,10 @@ class SubjectDataset(Dataset):
             "frame": i - int(self._offsets[ci]),
             "index": g,
         }
+
+    def global_index(self, i: int) -> int:
+        """Index of split item ``i`` in the subject's per-frame arrays (``mouth_open``, ``eye``, ...)."""
+        return int(self._global[i])
 
     def clip_frames(self, clip: int) -> range:
         """Dataset indices (of this split) of one clip's frames, in time order."""
