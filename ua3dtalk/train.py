@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ua3dtalk import audio as audio_io
-from ua3dtalk.config import ModelConfig, preset
+from ua3dtalk.config import preset
 from ua3dtalk.data.dataset import MASK_LABELS, SubjectDataset
 from ua3dtalk.encoding import TriPlaneField
 from ua3dtalk.gaussians import DensityController
