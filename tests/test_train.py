@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import torch
 
@@ -60,6 +62,21 @@ def test_learning_rates_decay_over_the_rendering_steps(tiny_trainer):
     lr, base = rates["face_net"]
     assert 0.05 * base < lr < 0.2 * base          # networks to 1/10
     assert rates["face_net.field"][1] == 10 * rates["face_net"][1]
+
+
+def test_resume_of_another_trainer_version_is_a_clear_error(tiny_subject, tmp_path):
+    import pytest
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    Trainer(tiny_subject, tmp_path / "v", tiny_options(iterations=10)).run(until=5)
+    path = tmp_path / "v" / "training_state.safetensors"
+    with safe_open(str(path), "pt") as handle:
+        meta = handle.metadata()
+    groups = [g for g in json.loads(meta["param_groups"]) if not g["name"].endswith(".field")]
+    save_file(load_file(str(path)), str(path), metadata={**meta, "param_groups": json.dumps(groups)})
+    with pytest.raises(ValueError, match="another version"):
+        Trainer(tiny_subject, tmp_path / "v", tiny_options(iterations=10, resume=True))
 
 
 def test_resume_without_state_is_a_clear_error(tiny_subject, tmp_path):

@@ -499,6 +499,10 @@ class Trainer:
         self.step = int(meta["step"])
         self.train_seconds = float(meta["train_seconds"])
         groups = json.loads(meta["param_groups"])
+        names = [g["name"] for g in self.optimizer.param_groups]
+        if [g.get("name") for g in groups] != names:
+            raise ValueError(f"{path} was written by another version of the trainer (its optimiser groups "
+                             f"differ from {names}); start a new run instead of --resume")
         state: dict[int, dict[str, Tensor]] = {}
         for key, value in tensors.items():
             if key.startswith("optim/"):
