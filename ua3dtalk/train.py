@@ -46,6 +46,7 @@ DEFAULT_ITERATIONS = {"demo": 6000, "paper": 30000}
 DEFAULT_MAX_GAUSSIANS = {"demo": 64_000, "paper": 300_000}
 _DENSITY_STATS = ("grad_accum", "denom", "max_radii")  # density control's running statistics
 MAX_SKIPPED_STEPS = 20  # non-finite steps in a row before training stops as diverged
+REFERENCE_FRAME = 0     # training frame the face Gaussians are built from; landmark motion is relative to it
 NETWORK_LR, FIELD_LR = 1e-3, 1e-2
 POSITION_LR_FINAL, NETWORK_LR_FINAL = 0.01, 0.1  # share of the initial rates left at the last step
 
@@ -164,7 +165,7 @@ def initial_geometry(data: SubjectDataset, n_face: int, n_mouth: int, generator:
 
     first_clip = data.clip_frames(0)
     widest = max(first_clip, key=lambda i: data.mouth_open[data.global_index(i)])
-    face_points, face_colors = sample(data[0], FACE_LABEL, n_face, 0.0)
+    face_points, face_colors = sample(data[REFERENCE_FRAME], FACE_LABEL, n_face, 0.0)
     mouth_points, mouth_colors = sample(data[widest], MOUTH_LABEL, n_mouth, 0.25)
     return face_points, face_colors, mouth_points, mouth_colors
 
@@ -209,7 +210,7 @@ class Trainer:
         self.batches = Batches(self.data, max(options.frames_per_step, self.cfg.content_window), self.generator)
         self.face_density = DensityController(self.model.face, self.optimizer)
         self.mouth_density = DensityController(self.model.mouth, self.optimizer)
-        reference = self.data[0]   # the frame the canonical Gaussians were built from (initial_geometry)
+        reference = self.data[REFERENCE_FRAME]
         self.flow = LandmarkFlow(self.data.canonical.to(self.device), self.data.K.float().to(self.device),
                                  torch.as_tensor(reference["landmarks"]).float().to(self.device),
                                  torch.as_tensor(reference["viewmat"]).float().to(self.device))
@@ -252,20 +253,24 @@ class Trainer:
             model.mouth.param_groups(prefix="mouth.", extent=extent)
         for name in ("prior", "emotion", "face_net", "mouth_net"):
             module = getattr(model, name)
-            fields = {id(p) for m in module.modules() if isinstance(m, TriPlaneField) for p in m.parameters()}
-            networks = [p for p in module.parameters() if id(p) not in fields]
-            groups.append({"params": networks, "lr": NETWORK_LR, "name": name})
+            fields = [p for m in module.modules() if isinstance(m, TriPlaneField) for p in m.parameters()]
+            in_fields = {id(p) for p in fields}
+            groups.append({"params": [p for p in module.parameters() if id(p) not in in_fields],
+                           "lr": NETWORK_LR, "name": name})
             if fields:
-                groups.append({"params": [p for p in module.parameters() if id(p) in fields],
-                               "lr": FIELD_LR, "name": f"{name}.field"})
+                groups.append({"params": fields, "lr": FIELD_LR, "name": f"{name}.field"})
         for group in groups:
             group["base_lr"] = group["lr"]
         return torch.optim.Adam(groups, eps=1e-15)
 
+    def _first_render_step(self) -> int:
+        """The first step after the priors phase (a whole number even when total x priors_until is not)."""
+        return math.ceil(self.total * self.opt.priors_until)
+
     def _decay_learning_rates(self) -> None:
         """Exponential decay over the rendering steps, a function of the step alone (so resuming is
         exact): Gaussian positions to 1/100 (3DGS), networks and fields to 1/10 (4D-GS)."""
-        start = math.ceil(self.total * self.opt.priors_until)
+        start = self._first_render_step()
         progress = min(max((self.step - start) / max(self.total - start, 1), 0.0), 1.0)
         for group in self.optimizer.param_groups:
             final = POSITION_LR_FINAL if group["name"].endswith(".xyz") else NETWORK_LR_FINAL
@@ -373,8 +378,7 @@ class Trainer:
 
     def _densify(self, out, phase: str) -> None:  # noqa: ANN001
         o = self.opt
-        # the first rendering step is a whole number even when total x priors_until is not
-        since = self.step - math.ceil(self.total * o.priors_until)
+        since = self.step - self._first_render_step()
         due = since > 0 and since % o.densify_every == 0
         n_face = self.model.face.num_points
         grad = out.means2d.grad
