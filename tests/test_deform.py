@@ -76,6 +76,24 @@ def test_fusion_modes_differ_and_validate():
         MotionNetwork(CFG, ("audio", "pitch"), VIEW_DIMS, ("xyz",))
 
 
+def test_a_view_in_parts_equals_the_view_concatenated():
+    """A per-frame part (e.g. the emotion embedding) beside a per-Gaussian part (its code-book
+    features) is the same view as their concatenation, without repeating the per-frame part N times."""
+    torch.manual_seed(0)
+    net = face_network(CFG, VIEW_DIMS)
+    xyz, views = make_xyz(25), make_views(2, 25)
+    per_gaussian, per_frame = views["emotion"][..., :4], views["emotion"][:, 0, 4:]
+    whole = torch.cat([per_gaussian, per_frame[:, None].expand(-1, 25, -1)], dim=-1)
+    parts = net(xyz, {**views, "emotion": (per_gaussian, per_frame)})
+    joined = net(xyz, {**views, "emotion": whole})
+    torch.testing.assert_close(parts.d_xyz, joined.d_xyz, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(parts.weight, joined.weight, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="parts of sizes"):
+        net(xyz, {**views, "emotion": (per_gaussian, per_frame[:, :2])})
+    with pytest.raises(ValueError, match="must be"):
+        net(xyz, {**views, "emotion": (per_gaussian[:, :10], per_frame)})
+
+
 def test_set_bounds_moves_the_field():
     net = mouth_network(CFG, VIEW_DIMS)
     net.set_bounds(torch.tensor([-2.0, -3.0, -4.0]), torch.tensor([2.0, 3.0, 4.0]))

@@ -83,19 +83,26 @@ class MotionNetwork(nn.Module):
         """Fit the position field's box to the canonical Gaussians."""
         self.field.set_bounds(lo, hi)
 
-    def _view_feature(self, name: str, feat: Tensor, n: int, batch: int) -> Tensor:
-        """A view's feature as [B, 1, d] (per frame) or [B, N, d] (per Gaussian)."""
-        d = self.view_dims[name]
-        if feat.dim() == 2 and feat.shape == (batch, d):
-            return feat.unsqueeze(1)
-        if feat.shape != (batch, n, d):
-            raise ValueError(f"view {name!r} must be [B, {d}] or [B, N={n}, {d}] with B={batch}, "
-                             f"got {tuple(feat.shape)}")
-        return feat
+    def _view_parts(self, name: str, feat: Tensor | tuple[Tensor, ...], n: int, batch: int) -> list[Tensor]:
+        """A view's feature, whole or in parts, as [B, 1, d_i] (per frame) or [B, N, d_i] (per Gaussian)."""
+        parts = list(feat) if isinstance(feat, (tuple, list)) else [feat]
+        sizes = [part.shape[-1] for part in parts]
+        if sum(sizes) != self.view_dims[name]:
+            raise ValueError(f"view {name!r} has features of size {self.view_dims[name]}, got parts of sizes {sizes}")
+        shaped = []
+        for part in parts:
+            if part.dim() == 2 and part.shape[0] == batch:
+                part = part.unsqueeze(1)
+            if part.dim() != 3 or part.shape[0] != batch or part.shape[1] not in (1, n):
+                raise ValueError(f"view {name!r} must be [B, d] or [B, N={n}, d] with B={batch}, "
+                                 f"got {tuple(part.shape)}")
+            shaped.append(part)
+        return shaped
 
     def forward(self, xyz: Tensor, views: dict[str, Tensor], fusion: str = "uncertainty",
                 stage: int = 2) -> DeformOutput:
-        """xyz [N, 3] canonical positions; views[name] [B, d] (per frame) or [B, N, d] (per Gaussian)."""
+        """xyz [N, 3] canonical positions; views[name] [B, d] (per frame) or [B, N, d] (per Gaussian),
+        or a tuple of such parts (e.g. per-Gaussian code-book features beside a per-frame embedding)."""
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if stage not in (1, 2):
@@ -111,8 +118,8 @@ class MotionNetwork(nn.Module):
         pos = self.field(xyz).flatten(1)                                          # [N, P]
         mus, log_vars = [], []
         for name in self.views:
-            feat = self._view_feature(name, views[name], n, batch).to(pos)
-            mu, log_var = self.blocks[name](pos, feat)                            # position part once per call
+            parts = [part.to(pos) for part in self._view_parts(name, views[name], n, batch)]
+            mu, log_var = self.blocks[name](pos, *parts)                          # position part once per call
             mus.append(mu.expand(batch, n, *mu.shape[2:]).flatten(0, 1))         # [B*N, T, D]
             log_vars.append(log_var.flatten(0, 1))
         mu, log_var = torch.stack(mus), torch.stack(log_vars)                     # [V, B*N, T, D]

@@ -98,12 +98,16 @@ class EmotionFusion(nn.Module):
     user wants?"); each modality gives a key (plus a learned per-modality bias)
     and a value. Softmax scores over the present modalities are the fusion
     weights; a missing modality (the visual one at inference) gets weight 0.
+    As in a transformer's attention block, the query (the label) is added back
+    to the output: the attention chooses what evidence to add to the chosen
+    emotion and cannot attend the choice away (a student that learned to weigh
+    audio 0.95 rendered every label as the same face).
     """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim, bias=False)   # a bias shared by all modalities cancels in the softmax
         self.value = nn.Linear(dim, dim)
         self.kind = nn.Parameter(torch.zeros(len(MODALITIES), dim))
         self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
@@ -116,7 +120,7 @@ class EmotionFusion(nn.Module):
         scores = (keys @ self.query(label).unsqueeze(-1)).squeeze(-1) / math.sqrt(stack.shape[-1])
         weights = torch.softmax(scores.masked_fill(~present, float("-inf")), dim=1)
         fused = (weights.unsqueeze(-1) * self.value(stack)).sum(dim=1)
-        return self.out(fused), weights
+        return label + self.out(fused), weights
 
 
 def distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -146,11 +150,16 @@ class EmotionCodebookEncoding(nn.Module):
         self.levels = len(cfg.emotion_multires)
         self.field = TriPlaneField(self.dim, cfg.hexplane_resolution, cfg.emotion_multires)
         self.query = nn.Linear(cfg.emotion_dim, self.levels * self.dim)
-        # codes of spread 0.5 on features near 1: emotions start with distinct modulations of
-        # tens of per cent (with codes of 0.1 and shrunk queries the attention was uniform and
-        # every emotion got the same code, so the label had no visible effect)
-        self.codebooks = (nn.Parameter(0.5 * torch.randn(self.levels, cfg.codebook_size, self.dim))
-                          if codebooks else None)
+        self.codebooks = None
+        if codebooks:
+            # codes of spread 0.5 on features near 1, and queries large enough that standardised
+            # embeddings give scores of spread ~1.5: each emotion starts attending to its own
+            # codes (max weight ~0.5 of 8), a modulation of tens of per cent. With default
+            # queries the attention stayed near uniform, every emotion got the same code and
+            # the label had no visible effect
+            self.codebooks = nn.Parameter(0.5 * torch.randn(self.levels, cfg.codebook_size, self.dim))
+            nn.init.normal_(self.query.weight, std=4 / math.sqrt(cfg.emotion_dim))
+            nn.init.zeros_(self.query.bias)
 
     @property
     def out_dim(self) -> int:

@@ -81,9 +81,13 @@ class TalkingHead(nn.Module):
         self.mouth = GaussianModel(0, cfg.sh_degree)
         self.prior = PriorExtractor(cfg)
         self.emotion = EmotionDistillation(cfg)
-        emotion_dim = self.emotion.encoding.out_dim
+        encoding_dim = self.emotion.encoding.out_dim
+        # the emotion view: per-Gaussian code-book features beside the per-frame embedding they
+        # come from. The code-book modulation alone is a multiplicative, position-scrambled copy of
+        # the emotion that the networks learned to ignore (labels rendered alike); given the
+        # embedding too, the emotion block reads it as the audio views read theirs
         view_dims = {"audio": cfg.audio_feat_dim + 1, "content": cfg.content_dim,
-                     "style": cfg.style_dim, "emotion": emotion_dim}
+                     "style": cfg.style_dim, "emotion": encoding_dim + cfg.emotion_dim}
         # the views' per-frame features and the emotion embedding, standardised (see ua3dtalk.standardize)
         norm_dims = {**view_dims, "emotion": cfg.emotion_dim}   # the emotion view is standardised before its encoding
         self.view_norms = nn.ModuleDict({v: RunningStandardizer(d) for v, d in norm_dims.items()})
@@ -136,8 +140,8 @@ class TalkingHead(nn.Module):
         audio_view = torch.cat([prior["audio"], cond.eye[:, None].to(prior["audio"])], dim=-1)
         raw = {"audio": audio_view, "content": prior["content"], "style": prior["style"]}
         views = {name: self.view_norms[name](feat) for name, feat in raw.items()}
-        emotion_feat = self.emotion.encoding(self.face.xyz, self.view_norms["emotion"](emotion["embedding"]))
-        face_views = {**views, "emotion": emotion_feat}
+        embedding = self.view_norms["emotion"](emotion["embedding"])
+        face_views = {**views, "emotion": (self.emotion.encoding(self.face.xyz, embedding), embedding)}
         face = self.face_net(self.face.xyz, face_views, fusion=fusion, stage=stage)
         mouth = self.mouth_net(self.mouth.xyz, views, fusion=fusion, stage=stage)
 
