@@ -23,30 +23,6 @@ def test_training_improves_the_render(tiny_trainer):
     assert (tiny_trainer.out / "runs").is_dir()  # TensorBoard logs
 
 
-def test_the_mouth_opening_term_measures_and_moves_the_face_coverage(tiny_trainer):
-    """face_alpha is the face Gaussians' share of the coverage; the opening term's gradient makes
-    face Gaussians over the ground truth's mouth opening more transparent."""
-    trainer = tiny_trainer
-    model = trainer.model
-    batch, cond = trainer._batch()
-    mouth_opacity = model.mouth.opacity_raw.detach().clone()
-    with torch.no_grad():
-        out = model(cond, size=trainer.data.size, with_maps=False)
-        assert (out.face_alpha <= out.alpha + 1e-5).all() and out.face_alpha.max() > 0.5
-        model.mouth.opacity_raw.fill_(-30)             # no inside-mouth Gaussians: the face is all the coverage
-        alone = model(cond, size=trainer.data.size, with_maps=False)
-        model.mouth.opacity_raw.copy_(mouth_opacity)
-    torch.testing.assert_close(alone.face_alpha, alone.alpha, atol=1e-5, rtol=0)
-    model.zero_grad()
-    out = model(cond, size=trainer.data.size, with_maps=False)
-    opening = torch.zeros_like(out.face_alpha[..., 0], dtype=torch.bool)
-    opening[:, trainer.data.size // 3: 2 * trainer.data.size // 3] = True
-    (out.face_alpha[..., 0] * opening).sum().backward()
-    assert model.face.opacity_raw.grad.max() > 0      # lowering those opacities lowers the term
-    model.zero_grad()
-    assert all(np.isfinite(h["cover"]) and 0 <= h["cover"] <= 1 for h in trainer.history if "cover" in h)
-
-
 def test_resume_continues_from_the_same_state(tiny_subject, tmp_path):
     first = Trainer(tiny_subject, tmp_path / "b", tiny_options(iterations=10))
     first.run(until=6)

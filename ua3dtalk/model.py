@@ -46,7 +46,6 @@ class Conditioning:
 class ModelOutput:
     image: Tensor             # [B, H, W, 3] composited over the background plate
     alpha: Tensor             # [B, H, W, 1] head coverage
-    face_alpha: Tensor        # [B, H, W, 1] the face Gaussians' part of it (the rest is the inside mouth)
     uncertainty: Tensor | None  # [B, V, K, H, W] per-view maps (K = UNCERTAINTY_KINDS) or None
     means2d: Tensor           # [B, N_face + N_mouth, 2] (retain_grad for densification)
     radii: Tensor             # [B, N_face + N_mouth]
@@ -157,11 +156,7 @@ class TalkingHead(nn.Module):
         opacities = torch.cat([self.face.opacity, self.mouth.opacity]).expand(batch, -1)
         centers = camera_centers(cond.viewmats)
         colors = torch.cat([self.face.colors(centers), self.mouth.colors(centers)], dim=1)
-        # channel 0 marks the face Gaussians: rasterised, it is the face's share of each pixel
-        # (training keeps it out of the mouth opening, so the teeth behind show)
-        face_mark = torch.cat([means.new_ones(batch, self.face.num_points, 1),
-                               means.new_zeros(batch, self.mouth.num_points, 1)], dim=1)
-        extras = torch.cat([face_mark, self._uncertainty_channels(face, mouth)], -1) if with_maps else face_mark
+        extras = self._uncertainty_channels(face, mouth) if with_maps else None
 
         K = scale_intrinsics(self.K, size / self.background.shape[-1]).expand(batch, 3, 3)
         background = self.background
@@ -172,11 +167,10 @@ class TalkingHead(nn.Module):
                         extras=extras, backend=backend)
         image = out.image + (1 - out.alpha) * background.permute(1, 2, 0)
         maps = None
-        if with_maps:
+        if extras is not None:
             n_views = len(cfg.face_views)
-            maps = out.extras[..., 1:].reshape(batch, size, size, n_views, len(UNCERTAINTY_KINDS)).permute(0, 3, 4, 1, 2)
-        return ModelOutput(image=image, alpha=out.alpha, face_alpha=out.extras[..., :1], uncertainty=maps,
-                           means2d=out.means2d,
+            maps = out.extras.view(batch, size, size, n_views, len(UNCERTAINTY_KINDS)).permute(0, 3, 4, 1, 2)
+        return ModelOutput(image=image, alpha=out.alpha, uncertainty=maps, means2d=out.means2d,
                            radii=out.radii, face=face, mouth=mouth, emotion=emotion)
 
     def _uncertainty_channels(self, face: DeformOutput, mouth: DeformOutput) -> Tensor:

@@ -76,7 +76,6 @@ class TrainOptions:
     nll_weight: float = 0.01
     deform_weight: float = 1e-3
     flow_weight: float = 5.0       # landmark-guided motion (ua3dtalk.landmark_flow)
-    opening_weight: float = 0.05   # face coverage of the mouth opening (face Gaussians hid the teeth)
     # densification (in render iterations)
     densify_every: int = 100
     densify_until: float = 0.7
@@ -369,16 +368,12 @@ class Trainer:
         landmarks, viewmats = batch["landmarks"].float(), batch["viewmat"].float()
         # the face only: teeth and tongue do not follow the skin (the image loss moves them)
         flow = self.flow.loss(self.model.face.xyz.detach(), out.face.d_xyz, self.face_binding, landmarks, viewmats, size)
-        # where the ground truth shows the inside of the mouth, the face must not cover it: from the
-        # image loss alone dark lip Gaussians spread over the opening and the teeth never showed
-        opening = mask == MOUTH_LABEL
-        cover = (out.face_alpha[..., 0] * opening).sum() / opening.sum().clamp_min(1)
         loss = loss + o.sync_weight * sync + o.distill_weight * distill + o.nll_weight * nll + \
-            o.deform_weight * deform + o.flow_weight * flow + o.opening_weight * cover
+            o.deform_weight * deform + o.flow_weight * flow
         with torch.no_grad():
             quality = float(psnr(pred.clamp(0, 1), target).mean())
         stats = {"l1": l1.item(), "sync": sync.item(), "distill": distill.item(), "nll": nll.item(),
-                 "flow": flow.item(), "cover": cover.item(), "psnr": quality, "stage": stage}
+                 "flow": flow.item(), "psnr": quality, "stage": stage}
         return loss, stats, out
 
     def _densify(self, out, phase: str) -> None:  # noqa: ANN001
