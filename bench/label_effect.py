@@ -10,14 +10,16 @@ reads from the clip's audio (the label ``emotion="auto"`` would pick).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 
 from ua3dtalk import audio as audio_io
 from ua3dtalk.config import EMOTIONS
 from ua3dtalk.data.dataset import MASK_LABELS, SubjectDataset
+from ua3dtalk.evaluate import items_conditioning
 from ua3dtalk.metrics import psnr
-from ua3dtalk.model import Conditioning, load_checkpoint
+from ua3dtalk.model import load_checkpoint
 from ua3dtalk.pipeline import pick_device
 
 
@@ -44,18 +46,12 @@ def main() -> None:
         items = [data[i] for i in list(data.clip_frames(clip))[20:20 + args.frames]]
         truth = torch.stack([torch.as_tensor(it["image"]) for it in items]).float().to(device)
         head = torch.stack([torch.as_tensor(it["mask"]) >= MASK_LABELS["face"] for it in items]).to(device)
-        frames = torch.tensor([it["frame"] for it in items], device=device)
-        renders = []
-        for label in (EMOTIONS.index(info.emotion), 0):
-            cond = Conditioning(
-                features=features, frames=frames,
-                viewmats=torch.stack([torch.as_tensor(it["viewmat"]) for it in items]).float().to(device),
-                eye=torch.tensor([float(it["eye"]) for it in items], device=device),
-                emotion=torch.full((len(items),), label, device=device),
-                intensity=torch.full((len(items),), float(info.intensity), device=device))
-            renders.append(model(cond, size=args.size, with_maps=False).image.permute(0, 3, 1, 2).clamp(0, 1))
+        own_label = items_conditioning(items, features)
+        neutral_label = replace(own_label, emotion=torch.zeros_like(own_label.emotion))
+        renders = [model(cond, size=args.size, with_maps=False).image.permute(0, 3, 1, 2).clamp(0, 1)
+                   for cond in (own_label, neutral_label)]
         own, neutral = (float(psnr(r, truth, head).mean()) for r in renders)
-        heard = EMOTIONS[int(model.emotion.predict_emotion(features, frames)[1].mean(0).argmax())]
+        heard = EMOTIONS[int(model.emotion.predict_emotion(features, own_label.frames)[1].mean(0).argmax())]
         effect = float((renders[0] - renders[1]).abs().mean())
         print(f"| {info.name} | {own:.2f} | {neutral:.2f} | {effect:.1e} | {heard} |")
 

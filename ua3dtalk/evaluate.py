@@ -42,6 +42,18 @@ def _landmarks_or_none(frames: np.ndarray) -> np.ndarray | None:
     return detect_landmarks(frames)
 
 
+def items_conditioning(items: list[dict], features: torch.Tensor) -> Conditioning:
+    """Conditioning of dataset frames (one clip's items) with their own poses, blinks and labels."""
+    device = features.device
+    return Conditioning(
+        features=features,
+        frames=torch.tensor([it["frame"] for it in items], device=device),
+        viewmats=torch.stack([torch.as_tensor(it["viewmat"]) for it in items]).float().to(device),
+        eye=torch.tensor([float(it["eye"]) for it in items], device=device),
+        emotion=torch.tensor([int(it["emotion"]) for it in items], device=device),
+        intensity=torch.tensor([float(it["intensity"]) for it in items], device=device))
+
+
 @torch.no_grad()
 def render_clip(model: TalkingHead, data: SubjectDataset, clip: int, features: torch.Tensor,
                 fusion: str | None, batch_size: int = 8, max_frames: int | None = None) -> tuple[np.ndarray, float]:
@@ -51,16 +63,9 @@ def render_clip(model: TalkingHead, data: SubjectDataset, clip: int, features: t
     frames = np.empty((len(indices), data.size, data.size, 3), np.uint8)
     start = time.perf_counter()
     for lo in range(0, len(indices), batch_size):
-        items = [data[i] for i in indices[lo:lo + batch_size]]
-        cond = Conditioning(
-            features=features,
-            frames=torch.tensor([it["frame"] for it in items], device=device),
-            viewmats=torch.stack([torch.as_tensor(it["viewmat"]) for it in items]).float().to(device),
-            eye=torch.tensor([float(it["eye"]) for it in items], device=device),
-            emotion=torch.tensor([int(it["emotion"]) for it in items], device=device),
-            intensity=torch.tensor([float(it["intensity"]) for it in items], device=device))
+        cond = items_conditioning([data[i] for i in indices[lo:lo + batch_size]], features)
         out = model(cond, size=data.size, fusion=fusion, with_maps=False)
-        frames[lo:lo + len(items)] = (out.image.clamp(0, 1) * 255 + 0.5).byte().cpu().numpy()
+        frames[lo:lo + len(cond.frames)] = (out.image.clamp(0, 1) * 255 + 0.5).byte().cpu().numpy()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return frames, time.perf_counter() - start
