@@ -147,3 +147,20 @@ def test_state_dict_loads_into_model_of_other_size(tmp_path):
     wrong.mouth = GaussianModel(1, sh_degree=2)  # SH degree mismatch still fails loudly
     with pytest.raises(RuntimeError, match="size mismatch"):
         wrong.load_state_dict(load_file(str(tmp_path / "model.safetensors")))
+
+
+def test_densify_growth_cap_takes_the_hottest_gaussians():
+    """A size budget holds exactly: with room for 5 more, the 5 hottest of 32 hot Gaussians grow."""
+    torch.manual_seed(0)
+    m = _model(64)
+    with torch.no_grad():
+        m.scaling_raw[:] = torch.log(torch.tensor(0.001))  # all small -> clone
+    opt, other = _optimiser_with_other_params(m)
+    ctl = DensityController(m, opt)
+    grad = torch.zeros(1, 64, 2)
+    grad[0, ::2, 0] = torch.linspace(1e-3, 2e-3, 32)  # even points hot, the last ones hottest
+    ctl.accumulate(grad, torch.full((1, 64), 3, dtype=torch.int32), 64, 64)
+    xyz = m.xyz.detach().clone()
+    stats = ctl.densify_and_prune(grad_threshold=2e-4, min_opacity=0.005, extent=1.0, max_new=5)
+    assert stats["cloned"] == 5 and stats["num_points"] == 69
+    torch.testing.assert_close(m.xyz[64:], xyz[54::2])   # clones of the 5 hottest

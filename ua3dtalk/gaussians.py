@@ -219,12 +219,17 @@ class DensityController:
 
     @torch.no_grad()
     def densify_and_prune(self, grad_threshold: float, min_opacity: float, extent: float,
-                          max_screen_size: float | None = None) -> dict[str, int]:
-        """Clone small / split large high-gradient Gaussians, then prune transparent or huge ones."""
+                          max_screen_size: float | None = None, max_new: int | None = None) -> dict[str, int]:
+        """Clone small / split large high-gradient Gaussians, then prune transparent or huge ones.
+        ``max_new`` caps the growth (a clone or a split adds one Gaussian), hottest first, so a
+        size budget holds exactly rather than being overshot by the last densification."""
         grads = torch.nan_to_num(self.grad_accum / self.denom)
         m = self.model
         big = m.scaling.amax(-1) > self.percent_dense * extent
         hot = grads >= grad_threshold
+        if max_new is not None and int(hot.sum()) > max_new:
+            hottest = torch.topk(torch.where(hot, grads, -1.0), max(max_new, 0)).indices
+            hot = torch.zeros_like(hot).index_fill_(0, hottest, True)
         clone_idx = torch.nonzero(hot & ~big).squeeze(1)
         split_mask = hot & big
         n0 = m.num_points

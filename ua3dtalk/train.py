@@ -393,7 +393,8 @@ class Trainer:
             total = self.model.face.num_points + self.model.mouth.num_points
             if due and self.step < self.total * o.densify_until and total < self.max_gaussians:
                 density.densify_and_prune(grad_threshold=o.grad_threshold, min_opacity=0.005,
-                                          extent=self._extent(), max_screen_size=size / 4)
+                                          extent=self._extent(), max_screen_size=size / 4,
+                                          max_new=self.max_gaussians - total)
                 if part == "face":
                     self.face_binding = self.flow.bind(self.model.face.xyz)
 
