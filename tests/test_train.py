@@ -1,6 +1,8 @@
 import json
+from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from ua3dtalk.model import load_checkpoint
@@ -170,3 +172,20 @@ def test_train_until_stops_with_a_resumable_save_and_resume_finishes(tiny_subjec
     train(tiny_subject, out, tiny_options(iterations=8, resume=True), evaluate=False)
     with safe_open(str(out / STATE_NAME), "pt") as handle:
         assert handle.metadata()["step"] == "8"
+
+
+def test_the_inside_mouth_cap_holds_while_the_face_still_grows(tiny_subject, tmp_path):
+    """With every Gaussian above the gradient threshold both sets would grow at each density step
+    (the inside-mouth set first, in a long mouth phase); it stops at its own cap and the face
+    keeps the rest of the budget."""
+    options = tiny_options(iterations=30, save_every=10**6, grad_threshold=0.0, densify_every=3, densify_until=1.0,
+                           mouth_until=0.5, max_gaussians=800, max_mouth_gaussians=75)
+    trainer = Trainer(tiny_subject, tmp_path / "m", options)
+    trainer.run()
+    assert trainer.model.mouth.num_points == 75      # 60 at the start
+    assert trainer.model.face.num_points > 400
+    free = Trainer(tiny_subject, tmp_path / "f", replace(options, max_mouth_gaussians=None))
+    free.run()
+    assert free.model.mouth.num_points > 75
+    with pytest.raises(ValueError, match="max_mouth_gaussians must be positive"):
+        Trainer(tiny_subject, tmp_path / "x", replace(options, max_mouth_gaussians=0))

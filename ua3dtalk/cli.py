@@ -54,6 +54,8 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-eval", action="store_true",
                    help="skip the final held-out evaluation (run `ua3dtalk eval` later, e.g. on another machine)")
+    p.add_argument("--max-mouth-gaussians", type=int, default=None,
+                   help="cap the inside-mouth Gaussians (default: they share the preset's budget with the face)")
     p.add_argument("--until", type=int, default=None,
                    help="stop at this step with a resumable save (for time-limited machines; --resume goes on)")
     p.add_argument("--minutes", type=float, default=None,
@@ -63,7 +65,8 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
         from ua3dtalk.train import TrainOptions, train
         train(a.data, a.out, TrainOptions(
             preset=a.preset, iterations=a.iterations, resume=a.resume, fusion=a.fusion,
-            codebooks=not a.no_codebooks, size=a.size, device=a.device), evaluate=not a.no_eval, until=a.until,
+            codebooks=not a.no_codebooks, size=a.size, device=a.device,
+            max_mouth_gaussians=a.max_mouth_gaussians), evaluate=not a.no_eval, until=a.until,
             minutes=a.minutes)
     return run
 

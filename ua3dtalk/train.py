@@ -81,6 +81,7 @@ class TrainOptions:
     densify_until: float = 0.7
     grad_threshold: float = 2e-4
     max_gaussians: int | None = None   # default: the preset's (DEFAULT_MAX_GAUSSIANS)
+    max_mouth_gaussians: int | None = None   # the inside-mouth set's own cap (default: none, it shares the budget)
     # bookkeeping
     log_every: int = 25
     save_every: int = 1000
@@ -196,6 +197,8 @@ class Trainer:
             self.model = self._fresh_model()
         self.total = options.iterations or DEFAULT_ITERATIONS[self.cfg.preset]
         self.max_gaussians = options.max_gaussians or DEFAULT_MAX_GAUSSIANS[self.cfg.preset]
+        if options.max_mouth_gaussians is not None and options.max_mouth_gaussians < 1:
+            raise ValueError(f"max_mouth_gaussians must be positive, got {options.max_mouth_gaussians}")
         self.extractor = audio_io.get_extractor(self.cfg.audio_features, device=str(self.device))
         audio_io.check_features(self.cfg.audio_features, self.cfg.audio_dim, self.extractor)
         self.features = [self._clip_features(c) for c in range(len(self.data.clips))]
@@ -390,13 +393,21 @@ class Trainer:
             if part not in self._trainable(phase):
                 continue
             density.accumulate(grad[:, lo:hi], out.radii[:, lo:hi], size, size)
-            total = self.model.face.num_points + self.model.mouth.num_points
-            if due and self.step < self.total * o.densify_until and total < self.max_gaussians:
+            room = self._room(part)
+            if due and self.step < self.total * o.densify_until and room > 0:
                 density.densify_and_prune(grad_threshold=o.grad_threshold, min_opacity=0.005,
-                                          extent=self._extent(), max_screen_size=size / 4,
-                                          max_new=self.max_gaussians - total)
+                                          extent=self._extent(), max_screen_size=size / 4, max_new=room)
                 if part == "face":
                     self.face_binding = self.flow.bind(self.model.face.xyz)
+
+    def _room(self, part: str) -> int:
+        """Gaussians a part may still add: what is left of the whole budget and, for the inside-mouth
+        set, of its own cap (its densification comes first, in the mouth phase, and could take it all)."""
+        face, mouth = self.model.face.num_points, self.model.mouth.num_points
+        room = self.max_gaussians - face - mouth
+        if part == "mouth" and self.opt.max_mouth_gaussians is not None:
+            room = min(room, self.opt.max_mouth_gaussians - mouth)
+        return room
 
     def _backward(self, loss: Tensor, phase: str) -> bool:
         """Gradients of the trainable parts; False (and the step is skipped, as a mixed-precision
