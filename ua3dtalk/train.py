@@ -177,6 +177,8 @@ class Trainer:
     def __init__(self, data_dir: str | Path, out: str | Path, options: TrainOptions) -> None:
         from ua3dtalk.pipeline import pick_device
 
+        if options.max_mouth_gaussians is not None and options.max_mouth_gaussians < 1:
+            raise ValueError(f"max_mouth_gaussians must be positive, got {options.max_mouth_gaussians}")
         self.opt = options
         self.out = Path(out)
         self.device = pick_device(options.device)
@@ -197,8 +199,6 @@ class Trainer:
             self.model = self._fresh_model()
         self.total = options.iterations or DEFAULT_ITERATIONS[self.cfg.preset]
         self.max_gaussians = options.max_gaussians or DEFAULT_MAX_GAUSSIANS[self.cfg.preset]
-        if options.max_mouth_gaussians is not None and options.max_mouth_gaussians < 1:
-            raise ValueError(f"max_mouth_gaussians must be positive, got {options.max_mouth_gaussians}")
         self.extractor = audio_io.get_extractor(self.cfg.audio_features, device=str(self.device))
         audio_io.check_features(self.cfg.audio_features, self.cfg.audio_dim, self.extractor)
         self.features = [self._clip_features(c) for c in range(len(self.data.clips))]
@@ -393,8 +393,7 @@ class Trainer:
             if part not in self._trainable(phase):
                 continue
             density.accumulate(grad[:, lo:hi], out.radii[:, lo:hi], size, size)
-            room = self._room(part)
-            if due and self.step < self.total * o.densify_until and room > 0:
+            if due and self.step < self.total * o.densify_until and (room := self._room(part)) > 0:
                 density.densify_and_prune(grad_threshold=o.grad_threshold, min_opacity=0.005,
                                           extent=self._extent(), max_screen_size=size / 4, max_new=room)
                 if part == "face":
