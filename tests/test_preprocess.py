@@ -137,6 +137,24 @@ def test_head_pose_recovers_known_rotation(dataset: Path) -> None:
     assert K[0, 0] == 2 * OUT and K[0, 2] == OUT / 2
 
 
+def test_the_pose_is_fitted_to_the_landmarks_that_move_least(dataset: Path) -> None:
+    """A still head whose mouth and jaw (the 30 % of landmarks nearest the lower lip) move:
+    fitted to the half that moves least, the cameras stay still; fitted to all points,
+    they take in part of the expression."""
+    shape = np.load(dataset / "landmarks.npy")[0].astype(np.float64)
+    to_lip = np.linalg.norm(shape[:, :2] - shape[14, :2], axis=1)
+    moving = to_lip < np.quantile(to_lip, 0.3)
+    frames = np.repeat(shape[None], 20, axis=0)
+    frames[:, moving, 1] += 6.0 * np.sin(np.arange(20))[:, None]
+
+    def camera_motion(share: float) -> float:
+        K, viewmats, canonical, _ = pp.fit_head_pose(frames.astype(np.float32), OUT, smoothing=0, rigid_share=share)
+        return float(pp.project(canonical, viewmats, K).std(0).mean())
+
+    assert camera_motion(0.5) < 0.05
+    assert camera_motion(1.0) > 0.5
+
+
 def test_smoothing_fills_gaps_without_lag() -> None:
     t = np.arange(30)
     lm = np.zeros((30, 478, 3), np.float32)

@@ -71,7 +71,7 @@ def render_clip(model: TalkingHead, data: SubjectDataset, clip: int, features: t
     return frames, time.perf_counter() - start
 
 
-def _ground_truth(data: SubjectDataset, clip: int, max_frames: int | None
+def clip_ground_truth(data: SubjectDataset, clip: int, max_frames: int | None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     items = [data[i] for i in list(data.clip_frames(clip))[:max_frames]]
     images = np.stack([(np.asarray(it["image"]).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8) for it in items])
@@ -129,7 +129,7 @@ def evaluate_model(model: TalkingHead, data_dir: str | Path, split: str = "heldo
         frames, seconds = render_clip(model, data, clip, features, fusion, max_frames=max_frames)
         render_seconds += seconds
         n_frames += len(frames)
-        gt, masks, gt_marks = _ground_truth(data, clip, max_frames)
+        gt, masks, gt_marks = clip_ground_truth(data, clip, max_frames)
         head = torch.from_numpy((masks == FACE_LABEL) | (masks == MOUTH_LABEL))
         pred_t = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
         gt_t = torch.from_numpy(gt).permute(0, 3, 1, 2).float() / 255

@@ -38,6 +38,7 @@ MAX_MISSING_FACE = 0.2
 FOCAL_FACTOR = 2.0        # focal = 2 * size: a narrow field of view, like a portrait lens
 CROP_SCALE = 1.9          # crop side / landmark-bbox extent: hair, ears and neck stay in view
 POSE_SMOOTHING = 3.0      # Gaussian sigma in frames: head pose moves slower than the mouth
+RIGID_SHARE = 0.6         # share of the landmarks, those that move least, the head pose is fitted to
 BACKGROUND_SAMPLES = 64
 HELDOUT_FOLDERS = frozenset({"heldout", "test", "val"})
 _MEAD_STEM = re.compile(r"^(?P<emotion>[a-z]+)_level_(?P<level>\d+)(?:_(?P<rest>.+))?$")
@@ -289,7 +290,8 @@ def smooth_poses(viewmats: np.ndarray, clip_lengths: list[int], sigma: float = P
 
 
 def fit_head_pose(landmarks: np.ndarray, size: int, clip_lengths: list[int] | None = None,
-                  smoothing: float = POSE_SMOOTHING, iterations: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                  smoothing: float = POSE_SMOOTHING, iterations: int = 3, rigid_share: float = RIGID_SHARE
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Reference head shape and per-frame cameras from [T,478,3] landmarks in
     crop pixels (MediaPipe's z in the same scale).
 
@@ -305,7 +307,8 @@ def fit_head_pose(landmarks: np.ndarray, size: int, clip_lengths: list[int] | No
     canonical [478,3] (world units: outer-eye-corner distance 1, centred),
     reprojection error [T] (mean px over all 478 points). Cameras are smoothed
     in time within each clip (``clip_lengths``; default: one clip) with a
-    Gaussian of ``smoothing`` frames (0: raw per-frame fits).
+    Gaussian of ``smoothing`` frames (0: raw per-frame fits); ``rigid_share``
+    of the landmarks (those that move least) define the pose.
     """
     pts = landmarks.astype(np.float64)
     weights = np.ones(pts.shape[1])
@@ -316,7 +319,7 @@ def fit_head_pose(landmarks: np.ndarray, size: int, clip_lengths: list[int] | No
         ref = aligned.mean(0)
         if it == 0 and len(pts) > 2:
             spread = aligned.std(0).sum(-1)
-            weights = (spread <= np.quantile(spread, 0.6)).astype(np.float64)
+            weights = (spread <= np.quantile(spread, rigid_share)).astype(np.float64)
     ref = ref - (weights[:, None] * ref).sum(0) / weights.sum()
     ref = ref / float(lmk.inter_ocular(ref))
     # frame pose as a similarity: pixels ~ s R ref + c

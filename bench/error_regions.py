@@ -1,0 +1,83 @@
+"""Where the held-out error sits: inside a box around the lips, or elsewhere on the head.
+
+    python bench/error_regions.py --subject checkpoints/demo --data data/demo [--max-frames 15] [--device cuda]
+
+Renders the frames ``ua3dtalk eval --max-frames N`` renders (the first N of each
+held-out clip) and splits the head region's squared error between the lip box
+(the ground truth's lip landmarks' bounding box, grown by ``--margin`` pixels)
+and the rest of the head. Prints, per clip and overall, PSNR over the head, over
+the lip box and outside it, and the lip box's share of the error and of the area:
+which part of the face a change must fix to move the held-out PSNR. PSNR here
+pools the squared error over a clip's frames (the eval averages per-frame PSNR,
+which reads a little higher).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from ua3dtalk import audio as audio_io
+from ua3dtalk.data.dataset import MASK_LABELS, SubjectDataset
+from ua3dtalk.evaluate import clip_ground_truth, render_clip
+from ua3dtalk.metrics import MOUTH
+from ua3dtalk.model import load_checkpoint
+from ua3dtalk.pipeline import pick_device
+
+
+def lip_boxes(landmarks: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """[T,478,2] landmarks -> [T,size,size] bool: the lip landmarks' bounding box grown by ``margin``."""
+    lips = landmarks[:, list(MOUTH)]
+    lo, hi = lips.min(1) - margin, lips.max(1) + margin                    # [T,2]
+    grid = np.arange(size) + 0.0
+    inside_x = (grid[None] >= lo[:, :1]) & (grid[None] <= hi[:, :1])     # [T,W]
+    inside_y = (grid[None] >= lo[:, 1:]) & (grid[None] <= hi[:, 1:])     # [T,H]
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+def decibels(squared_error: float, count: int) -> float:
+    return float(10 * np.log10(max(count, 1) / max(squared_error, 1e-12)))
+
+
+def row(name: str, sums: np.ndarray) -> str:
+    box_error, box_count, rest_error, rest_count = sums
+    return (f"| {name} | {decibels(box_error + rest_error, int(box_count + rest_count)):.2f} "
+            f"| {decibels(box_error, int(box_count)):.2f} | {decibels(rest_error, int(rest_count)):.2f} "
+            f"| {box_error / (box_error + rest_error):.2f} | {box_count / (box_count + rest_count):.2f} |")
+
+
+
+@torch.no_grad()
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--subject", default="checkpoints/demo")
+    ap.add_argument("--data", default="data/demo")
+    ap.add_argument("--max-frames", type=int, default=15, help="first N frames of each clip, as `ua3dtalk eval`")
+    ap.add_argument("--margin", type=float, default=10.0, help="pixels around the lip landmarks")
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+    device = pick_device(args.device)
+    model = load_checkpoint(args.subject, device)
+    data = SubjectDataset(args.data, "heldout")
+    extractor = audio_io.get_extractor(model.cfg.audio_features, device=str(device))
+    print(f"{args.subject} on {device}: held-out clips, first {args.max_frames} frames, lip box margin {args.margin:g} px\n")
+    print("| clip | head PSNR | lip box PSNR | rest PSNR | lip box: share of error | share of area |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    totals = np.zeros(4)   # squared error and pixel count, lip box and rest
+    for clip, info in enumerate(data.clips):
+        features = extractor(data.audio(clip)[0]).to(device, torch.float32)
+        frames, _ = render_clip(model, data, clip, features, None, max_frames=args.max_frames)
+        truth, masks, landmarks = clip_ground_truth(data, clip, args.max_frames)
+        error = ((frames.astype(np.float64) - truth) / 255) ** 2            # per channel
+        error = error.mean(-1)
+        head = (masks == MASK_LABELS["face"]) | (masks == MASK_LABELS["mouth"])
+        box = lip_boxes(landmarks, data.size, args.margin) & head
+        rest = head & ~box
+        sums = np.array([error[box].sum(), box.sum(), error[rest].sum(), rest.sum()])
+        totals += sums
+        print(row(info.name, sums))
+    print(row("**all**", totals))
+
+if __name__ == "__main__":
+    main()
