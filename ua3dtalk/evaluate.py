@@ -72,7 +72,8 @@ def render_clip(model: TalkingHead, data: SubjectDataset, clip: int, features: t
 
 
 def clip_ground_truth(data: SubjectDataset, clip: int, max_frames: int | None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A clip's first ``max_frames`` frames as rendered ones come: uint8 images [T,H,W,3], masks, landmarks."""
     items = [data[i] for i in list(data.clip_frames(clip))[:max_frames]]
     images = np.stack([(np.asarray(it["image"]).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8) for it in items])
     masks = np.stack([np.asarray(it["mask"]) for it in items])
