@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ua3dtalk import audio as audio_io
-from ua3dtalk.data.dataset import MASK_LABELS, SubjectDataset
-from ua3dtalk.evaluate import clip_ground_truth, render_clip
+from ua3dtalk.data.dataset import SubjectDataset
+from ua3dtalk.evaluate import clip_ground_truth, head_region, render_clip
 from ua3dtalk.metrics import MOUTH
 from ua3dtalk.model import load_checkpoint
 from ua3dtalk.pipeline import pick_device
@@ -30,7 +30,7 @@ def lip_boxes(landmarks: np.ndarray, size: int, margin: float) -> np.ndarray:
     """[T,478,2] landmarks -> [T,size,size] bool: the lip landmarks' bounding box grown by ``margin``."""
     lips = landmarks[:, list(MOUTH)]
     lo, hi = lips.min(1) - margin, lips.max(1) + margin                    # [T,2]
-    grid = np.arange(size) + 0.0
+    grid = np.arange(size, dtype=np.float64)
     inside_x = (grid[None] >= lo[:, :1]) & (grid[None] <= hi[:, :1])     # [T,W]
     inside_y = (grid[None] >= lo[:, 1:]) & (grid[None] <= hi[:, 1:])     # [T,H]
     return inside_y[:, :, None] & inside_x[:, None, :]
@@ -45,7 +45,6 @@ def row(name: str, sums: np.ndarray) -> str:
     return (f"| {name} | {decibels(box_error + rest_error, int(box_count + rest_count)):.2f} "
             f"| {decibels(box_error, int(box_count)):.2f} | {decibels(rest_error, int(rest_count)):.2f} "
             f"| {box_error / (box_error + rest_error):.2f} | {box_count / (box_count + rest_count):.2f} |")
-
 
 
 @torch.no_grad()
@@ -69,15 +68,15 @@ def main() -> None:
         features = extractor(data.audio(clip)[0]).to(device, torch.float32)
         frames, _ = render_clip(model, data, clip, features, None, max_frames=args.max_frames)
         truth, masks, landmarks = clip_ground_truth(data, clip, args.max_frames)
-        error = ((frames.astype(np.float64) - truth) / 255) ** 2            # per channel
-        error = error.mean(-1)
-        head = (masks == MASK_LABELS["face"]) | (masks == MASK_LABELS["mouth"])
+        error = (((frames.astype(np.float64) - truth) / 255) ** 2).mean(-1)   # mean over the channels
+        head = head_region(masks)
         box = lip_boxes(landmarks, data.size, args.margin) & head
         rest = head & ~box
         sums = np.array([error[box].sum(), box.sum(), error[rest].sum(), rest.sum()])
         totals += sums
         print(row(info.name, sums))
     print(row("**all**", totals))
+
 
 if __name__ == "__main__":
     main()

@@ -71,6 +71,11 @@ def render_clip(model: TalkingHead, data: SubjectDataset, clip: int, features: t
     return frames, time.perf_counter() - start
 
 
+def head_region(masks: np.ndarray) -> np.ndarray:
+    """Where the metrics look: the pixels labelled face or mouth."""
+    return (masks == FACE_LABEL) | (masks == MOUTH_LABEL)
+
+
 def clip_ground_truth(data: SubjectDataset, clip: int, max_frames: int | None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A clip's first ``max_frames`` frames as rendered ones come: uint8 images [T,H,W,3], masks, landmarks."""
@@ -131,7 +136,7 @@ def evaluate_model(model: TalkingHead, data_dir: str | Path, split: str = "heldo
         render_seconds += seconds
         n_frames += len(frames)
         gt, masks, gt_marks = clip_ground_truth(data, clip, max_frames)
-        head = torch.from_numpy((masks == FACE_LABEL) | (masks == MOUTH_LABEL))
+        head = torch.from_numpy(head_region(masks))
         pred_t = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
         gt_t = torch.from_numpy(gt).permute(0, 3, 1, 2).float() / 255
         clip_psnr = psnr(pred_t, gt_t, head).numpy()
