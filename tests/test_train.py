@@ -40,7 +40,8 @@ def test_resume_continues_from_the_same_state(tiny_subject, tmp_path):
         for name, value in slots.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb["state"][index][name])), (index, name)
     assert torch.equal(first.generator.get_state(), resumed.generator.get_state())
-    for saved, loaded in zip(first.face_binding, resumed.face_binding):   # as of the last density control step
+    for saved, loaded in zip(first.face_binding + first.mouth_binding,   # as of the last density control step
+                             resumed.face_binding + resumed.mouth_binding):
         assert torch.equal(saved, loaded)
     for key in ("grad_accum", "denom", "max_radii"):
         assert torch.equal(getattr(first.face_density, key), getattr(resumed.face_density, key))
@@ -189,3 +190,24 @@ def test_the_inside_mouth_cap_holds_while_the_face_still_grows(tiny_subject, tmp
     assert free.model.mouth.num_points > 75
     with pytest.raises(ValueError, match="max_mouth_gaussians must be positive"):
         Trainer(tiny_subject, tmp_path / "x", replace(options, max_mouth_gaussians=0))
+
+
+def test_the_inside_mouth_branch_can_read_the_emotion_and_follow_the_jaw(tiny_subject, tmp_path):
+    """With ``mouth_emotion`` the inside-mouth offsets depend on the emotion label (an emotional
+    jaw opening); without it they cannot. The jaw's landmark loss is logged and finite."""
+    offsets = {}
+    for mouth_emotion in (False, True):
+        trainer = Trainer(tiny_subject, tmp_path / str(mouth_emotion),
+                          tiny_options(iterations=12, mouth_emotion=mouth_emotion, jaw_weight=5.0))
+        trainer.run()
+        assert ("emotion" in trainer.model.mouth_net.blocks) == mouth_emotion
+        assert all(np.isfinite(h["jaw"]) and h["jaw"] >= 0 for h in trainer.history if "psnr" in h)
+        assert load_checkpoint(trainer.out).cfg.mouth_views == trainer.model.cfg.mouth_views
+        _, cond = trainer._batch()
+        trainer.model.eval()   # the views' standardisers keep still
+        with torch.no_grad():
+            offsets[mouth_emotion] = [
+                trainer.model(replace(cond, emotion=torch.full_like(cond.emotion, label)), with_maps=False).mouth.d_xyz
+                for label in (0, 7)]
+    assert torch.equal(*offsets[False])
+    assert not torch.equal(*offsets[True])

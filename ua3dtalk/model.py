@@ -141,9 +141,10 @@ class TalkingHead(nn.Module):
         raw = {"audio": audio_view, "content": prior["content"], "style": prior["style"]}
         views = {name: self.view_norms[name](feat) for name, feat in raw.items()}
         embedding = self.view_norms["emotion"](emotion["embedding"])
-        face_views = {**views, "emotion": (self.emotion.encoding(self.face.xyz, embedding), embedding)}
-        face = self.face_net(self.face.xyz, face_views, fusion=fusion, stage=stage)
-        mouth = self.mouth_net(self.mouth.xyz, views, fusion=fusion, stage=stage)
+        face = self.face_net(self.face.xyz, self._with_emotion(views, self.face.xyz, embedding),
+                             fusion=fusion, stage=stage)
+        mouth_views = self._with_emotion(views, self.mouth.xyz, embedding) if "emotion" in cfg.mouth_views else views
+        mouth = self.mouth_net(self.mouth.xyz, mouth_views, fusion=fusion, stage=stage)
 
         batch = cond.frames.shape[0]
         means = torch.cat([self.face.xyz + face.d_xyz, self.mouth.xyz + mouth.d_xyz], dim=1)
@@ -173,11 +174,16 @@ class TalkingHead(nn.Module):
         return ModelOutput(image=image, alpha=out.alpha, uncertainty=maps, means2d=out.means2d,
                            radii=out.radii, face=face, mouth=mouth, emotion=emotion)
 
+    def _with_emotion(self, views: dict[str, Tensor], xyz: Tensor, embedding: Tensor
+                      ) -> dict[str, Tensor | tuple[Tensor, Tensor]]:
+        """The views plus the emotion view at these Gaussians: their code-book features beside the embedding."""
+        return {**views, "emotion": (self.emotion.encoding(xyz, embedding), embedding)}
+
     def _uncertainty_channels(self, face: DeformOutput, mouth: DeformOutput) -> Tensor:
         """Per-Gaussian [B, N, V*K] channels: each view's AU, EU and fusion weight.
 
         Mouth Gaussians carry their own views' values; views the mouth branch
-        does not have (emotion) are zero there.
+        does not have (emotion, unless ``mouth_views`` has it) are zero there.
         """
         face_stats = torch.stack([face.aleatoric, face.epistemic, face.weight], dim=-1)  # [B,V,N,K]
         mouth_stats = torch.stack([mouth.aleatoric, mouth.epistemic, mouth.weight], dim=-1)
