@@ -1,13 +1,18 @@
 """Where the held-out error sits: inside a box around the lips, or elsewhere on the head.
 
     python bench/error_regions.py --subject checkpoints/demo --data data/demo [--max-frames 15] [--device cuda]
+        [--split train] [--only surprised_level_3 ...]
 
 Renders the frames ``ua3dtalk eval --max-frames N`` renders (the first N of each
 held-out clip) and splits the head region's squared error between the lip box
 (the ground truth's lip landmarks' bounding box, grown by ``--margin`` pixels)
 and the rest of the head. Prints, per clip and overall, PSNR over the head, over
-the lip box and outside it, and the lip box's share of the error and of the area:
-which part of the face a change must fix to move the held-out PSNR. PSNR here
+the lip box and outside it, and the lip box's share of the error and of the area,
+then the part of the box where the ground truth shows the mouth's opening (its
+mouth mask: teeth, tongue, the dark inside) and that part's share of the error:
+which part of the face a change must fix to move the held-out PSNR. ``--split
+train`` asks the same of training clips (is it fitting or generalising that
+fails?), ``--only`` keeps the clips whose names contain one of the words. PSNR here
 pools the squared error over a clip's frames (the eval averages per-frame PSNR,
 which reads a little higher).
 """
@@ -19,7 +24,7 @@ import numpy as np
 import torch
 
 from ua3dtalk import audio as audio_io
-from ua3dtalk.data.dataset import SubjectDataset
+from ua3dtalk.data.dataset import MASK_LABELS, SubjectDataset
 from ua3dtalk.evaluate import clip_ground_truth, head_region, render_clip
 from ua3dtalk.metrics import MOUTH
 from ua3dtalk.model import load_checkpoint
@@ -41,10 +46,12 @@ def decibels(squared_error: float, count: int) -> float:
 
 
 def row(name: str, sums: np.ndarray) -> str:
-    box_error, box_count, rest_error, rest_count = sums
-    return (f"| {name} | {decibels(box_error + rest_error, int(box_count + rest_count)):.2f} "
+    box_error, box_count, rest_error, rest_count, opening_error, opening_count = sums
+    total = box_error + rest_error
+    return (f"| {name} | {decibels(total, int(box_count + rest_count)):.2f} "
             f"| {decibels(box_error, int(box_count)):.2f} | {decibels(rest_error, int(rest_count)):.2f} "
-            f"| {box_error / (box_error + rest_error):.2f} | {box_count / (box_count + rest_count):.2f} |")
+            f"| {box_error / total:.2f} | {box_count / (box_count + rest_count):.2f} "
+            f"| {decibels(opening_error, int(opening_count)):.2f} | {opening_error / total:.2f} |")
 
 
 @torch.no_grad()
@@ -55,16 +62,21 @@ def main() -> None:
     ap.add_argument("--max-frames", type=int, default=15, help="first N frames of each clip, as `ua3dtalk eval`")
     ap.add_argument("--margin", type=float, default=10.0, help="pixels around the lip landmarks")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--split", default="heldout", choices=("heldout", "train"))
+    ap.add_argument("--only", nargs="*", default=None, help="clips whose names contain one of these")
     args = ap.parse_args()
     device = pick_device(args.device)
     model = load_checkpoint(args.subject, device)
-    data = SubjectDataset(args.data, "heldout")
+    data = SubjectDataset(args.data, args.split)
     extractor = audio_io.get_extractor(model.cfg.audio_features, device=str(device))
-    print(f"{args.subject} on {device}: held-out clips, first {args.max_frames} frames, lip box margin {args.margin:g} px\n")
-    print("| clip | head PSNR | lip box PSNR | rest PSNR | lip box: share of error | share of area |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    totals = np.zeros(4)   # squared error and pixel count, lip box and rest
+    print(f"{args.subject} on {device}: {args.split} clips, first {args.max_frames} frames, lip box margin {args.margin:g} px\n")
+    print("| clip | head PSNR | lip box PSNR | rest PSNR | lip box: share of error | share of area "
+          "| opening PSNR | opening: share of error |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    totals = np.zeros(6)   # squared error and pixel count: lip box, rest, the opening inside the box
     for clip, info in enumerate(data.clips):
+        if args.only and not any(word in info.name for word in args.only):
+            continue
         features = extractor(data.audio(clip)[0]).to(device, torch.float32)
         frames, _ = render_clip(model, data, clip, features, None, max_frames=args.max_frames)
         truth, masks, landmarks = clip_ground_truth(data, clip, args.max_frames)
@@ -72,7 +84,9 @@ def main() -> None:
         head = head_region(masks)
         box = lip_boxes(landmarks, data.size, args.margin) & head
         rest = head & ~box
-        sums = np.array([error[box].sum(), box.sum(), error[rest].sum(), rest.sum()])
+        opening = box & (masks == MASK_LABELS["mouth"])
+        sums = np.array([error[box].sum(), box.sum(), error[rest].sum(), rest.sum(),
+                         error[opening].sum(), opening.sum()])
         totals += sums
         print(row(info.name, sums))
     print(row("**all**", totals))

@@ -1,10 +1,7 @@
 import numpy as np
 import torch
 
-from ua3dtalk.data.landmarks import LIPS_LOWER_INNER, LIPS_UPPER_INNER
-from ua3dtalk.landmark_flow import (
-    JAW_EDGE, MOUTH_OPENING, LandmarkFlow, barycentric_binding, jaw_binding, project, triangulation,
-)
+from ua3dtalk.landmark_flow import MOUTH_OPENING, LandmarkFlow, barycentric_binding, project, triangulation
 
 SIZE, DEPTH = 128, 4.0
 K = torch.tensor([[150.0, 0.0, 63.5], [0.0, 150.0, 63.5], [0.0, 0.0, 1.0]])
@@ -66,38 +63,3 @@ def test_loss_is_zero_for_offsets_that_follow_the_landmarks():
     turned = VIEW.clone()
     turned[0, 0, 3] = 0.1
     assert flow.loss(xyz, torch.zeros(1, 500, 3), binding, project(canonical, turned, K), turned, SIZE) < 1e-6
-
-
-def open_mouth(top: float = 50.0, bottom: float = 70.0) -> torch.Tensor:
-    """Landmarks with flat inner lips from x = 40 to 88: the upper at ``top``, the lower at ``bottom``."""
-    landmarks = face_landmarks()
-    xs = torch.linspace(40, 88, len(LIPS_UPPER_INNER))
-    landmarks[list(LIPS_UPPER_INNER)] = torch.stack([xs, torch.full_like(xs, top)], 1)
-    landmarks[list(LIPS_LOWER_INNER)] = torch.stack([xs, torch.full_like(xs, bottom)], 1)
-    return landmarks
-
-
-def test_jaw_share_runs_from_the_upper_lip_to_the_lower_one():
-    landmarks = open_mouth().numpy().astype(np.float64)
-    points = np.array([[64.0, 50.0], [64.0, 55.0], [61.0, 60.0], [64.0, 70.0], [64.0, 80.0], [64.0, 40.0]])
-    index, weight = jaw_binding(points, landmarks)
-    assert np.isin(index, JAW_EDGE).all()
-    np.testing.assert_allclose(weight.sum(1), [0.0, 0.25, 0.5, 1.0, 1.0, 0.0], atol=1e-9)
-    # the jaw edge's landmarks nearest along x, interpolated linearly
-    along = (landmarks[index, 0] * weight).sum(1)[1:5] / weight.sum(1)[1:5]
-    np.testing.assert_allclose(along, points[1:5, 0], atol=1e-9)
-
-
-def test_the_jaw_carries_the_inside_of_the_mouth_by_its_share():
-    reference = open_mouth()
-    canonical = back_project(reference)
-    flow = LandmarkFlow(canonical, K, reference, VIEW[0])
-    xyz = back_project(torch.tensor([[64.0, 50.0], [64.0, 60.0], [64.0, 70.0]]))   # upper teeth, middle, lower teeth
-    binding = flow.bind_jaw(xyz)
-    closing = reference.clone()
-    closing[list(LIPS_LOWER_INNER), 1] -= 16.0                  # the jaw comes up 16 px
-    follow = torch.zeros(1, 3, 3)
-    follow[0, :, 1] = torch.tensor([0.0, -8.0, -16.0]) * DEPTH / K[1, 1]
-    assert flow.loss(xyz, follow, binding, closing[None], VIEW, SIZE) < 1e-6
-    still = flow.loss(xyz, torch.zeros(1, 3, 3), binding, closing[None], VIEW, SIZE)
-    torch.testing.assert_close(still, torch.tensor((0 + 8 + 16) / 6 / SIZE))

@@ -11,14 +11,6 @@ motion: the observed landmark minus the rigid projection of the canonical
 landmark, relative to the same quantity in the reference frame. The loss is the
 L1 distance, in pixels per image size, between the image motion the predicted
 offsets cause and that target. The image loss refines what landmarks cannot see.
-
-The inside of the mouth has no landmarks of its own and would stay still (the
-renders then show one mouth interior in every frame, dark where the teeth
-should show). Anatomy gives its motion: the upper teeth hang from the skull,
-the lower teeth and the tongue ride on the jaw. So an inside-mouth Gaussian
-follows the lower inner lip by its height in the opening of the frame it was
-built from: not at all at the upper lip, fully at the lower one
-(:meth:`LandmarkFlow.bind_jaw`).
 """
 from __future__ import annotations
 
@@ -27,13 +19,10 @@ import torch
 from scipy.spatial import Delaunay, cKDTree
 from torch import Tensor
 
-from ua3dtalk.data.landmarks import LIPS_LOWER_INNER, LIPS_UPPER_INNER, MOUTH_CORNERS
+from ua3dtalk.data.landmarks import LIPS_LOWER_INNER, LIPS_UPPER_INNER
 
 # triangles spanning the lips' opening belong to neither lip
 MOUTH_OPENING = np.array(sorted(set(LIPS_UPPER_INNER + LIPS_LOWER_INNER)))
-# the lower inner lip without the corners: the jaw's front edge (the corners move with the cheeks)
-JAW_EDGE = np.array([i for i in LIPS_LOWER_INNER if i not in MOUTH_CORNERS])
-MIN_OPENING = 1.0   # pixels: the opening's height where the lips (nearly) touch
 
 
 def project(points: Tensor, viewmats: Tensor, K: Tensor) -> Tensor:
@@ -75,25 +64,6 @@ def barycentric_binding(points: np.ndarray, landmarks: np.ndarray, triangles: np
     return triangles[candidates[rows, pick]], chosen
 
 
-def jaw_binding(points: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each 2D point's two nearest jaw-edge landmarks along x (indices [N,2]) and weights [N,2]
-    that sum to its share of the jaw's motion: its height between the upper inner lip (0) and
-    the lower inner lip (1) at its x, clamped to [0, 1]."""
-    x, y = points[:, 0], points[:, 1]
-    upper = landmarks[list(LIPS_UPPER_INNER)]
-    upper = upper[np.argsort(upper[:, 0])]
-    edge = JAW_EDGE[np.argsort(landmarks[JAW_EDGE, 0])]
-    edge_x, edge_y = landmarks[edge, 0], landmarks[edge, 1]
-    top = np.interp(x, upper[:, 0], upper[:, 1])
-    bottom = np.interp(x, edge_x, edge_y)
-    share = np.clip((y - top) / np.maximum(bottom - top, MIN_OPENING), 0.0, 1.0)
-    right = np.clip(np.searchsorted(edge_x, x), 1, len(edge) - 1)
-    along = np.clip((x - edge_x[right - 1]) / np.maximum(edge_x[right] - edge_x[right - 1], 1e-9), 0.0, 1.0)
-    index = np.stack([edge[right - 1], edge[right]], axis=1)
-    weight = np.stack([1 - along, along], axis=1) * share[:, None]
-    return index, weight
-
-
 class LandmarkFlow:
     """Motion targets from landmarks for one subject dataset's frames."""
 
@@ -110,24 +80,15 @@ class LandmarkFlow:
 
     def bind(self, xyz: Tensor) -> tuple[Tensor, Tensor]:
         """Landmark indices [N,3] and weights [N,3] of canonical Gaussians [N,3] (redo after density control)."""
-        index, weight = barycentric_binding(self._reference_pixels(xyz), self.reference_landmarks, self.triangles)
+        pixels = project(xyz.detach(), self.reference_viewmat[None], self.K)[0]
+        index, weight = barycentric_binding(pixels.cpu().double().numpy(), self.reference_landmarks, self.triangles)
         return torch.from_numpy(index).to(xyz.device), torch.from_numpy(weight).to(xyz)
-
-    def bind_jaw(self, xyz: Tensor) -> tuple[Tensor, Tensor]:
-        """Jaw-edge landmark indices [N,2] and weights [N,2] of inside-mouth Gaussians [N,3]
-        (see :func:`jaw_binding`; the reference frame should show the mouth open)."""
-        index, weight = jaw_binding(self._reference_pixels(xyz), self.reference_landmarks)
-        return torch.from_numpy(index).to(xyz.device), torch.from_numpy(weight).to(xyz)
-
-    def _reference_pixels(self, xyz: Tensor) -> np.ndarray:
-        return project(xyz.detach(), self.reference_viewmat[None], self.K)[0].cpu().double().numpy()
 
     def loss(self, xyz: Tensor, d_xyz: Tensor, binding: tuple[Tensor, Tensor], landmarks: Tensor,
              viewmats: Tensor, size: int) -> Tensor:
         """Mean L1 (pixels / size) between the offsets' image motion and the landmark targets.
 
-        xyz [N,3] canonical, d_xyz [B,N,3] offsets, landmarks [B,L,2] and viewmats [B,4,4] of the frames;
-        a binding's weights may sum to less than one (the rest of the point keeps still)."""
+        xyz [N,3] canonical, d_xyz [B,N,3] offsets, landmarks [B,L,2] and viewmats [B,4,4] of the frames."""
         index, weight = binding
         motion = self.motion(landmarks, viewmats) - self.reference_motion             # [B,L,2]
         target = (motion[:, index] * weight[None, :, :, None]).sum(2)                  # [B,N,2]

@@ -75,15 +75,14 @@ class TrainOptions:
     distill_weight: float = 0.1
     nll_weight: float = 0.01
     deform_weight: float = 1e-3
-    flow_weight: float = 5.0       # landmark-guided motion of the face (ua3dtalk.landmark_flow)
-    jaw_weight: float = 0.0        # the same for the inside of the mouth, bound to the jaw (0: off)
+    flow_weight: float = 5.0       # landmark-guided motion (ua3dtalk.landmark_flow)
     # densification (in render iterations)
     densify_every: int = 100
     densify_until: float = 0.7
     grad_threshold: float = 2e-4
     max_gaussians: int | None = None   # default: the preset's (DEFAULT_MAX_GAUSSIANS)
     max_mouth_gaussians: int | None = None   # the inside-mouth set's own cap (default: none, it shares the budget)
-    mouth_emotion: bool = False   # the inside-mouth branch reads the emotion view too (emotional jaw opening)
+    mouth_emotion: bool = False   # the inside-mouth branch reads the emotion view too (bench/RESULTS.md)
     # bookkeeping
     log_every: int = 25
     save_every: int = 1000
@@ -128,21 +127,14 @@ def mouth_windows(images: Tensor, landmarks: Tensor) -> Tensor:
     return mouth_crops(images, centers, size=(48, 96), extent=(48 * scale, 96 * scale))[None]
 
 
-def mouth_reference_frame(data: SubjectDataset) -> int:
-    """The training frame with the widest-open mouth: the inside-mouth Gaussians are built from
-    it, and their jaw binding (``LandmarkFlow.bind_jaw``) is relative to it."""
-    return max(range(len(data)), key=lambda i: float(data.mouth_open[data.global_index(i)]))
-
-
 def initial_geometry(data: SubjectDataset, n_face: int, n_mouth: int, generator: torch.Generator
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Face and mouth points (world) with colours, back-projected from training
     frames: pixel depths are interpolated from the landmarks' depths. Face points
     come from the first frame (the landmark motion targets are relative to it);
-    inside-mouth points from the widest-open training frame
-    (:func:`mouth_reference_frame`), pushed behind the lips, so that teeth and mouth
-    interior have colours and extent before the lips ever part (from a closed mouth
-    they would start as a line of lip pixels)."""
+    inside-mouth points from the first clip's widest-open frame, pushed behind
+    the lips, so that teeth and mouth interior have colours and extent before the
+    lips ever part (from a closed mouth they would start as a line of lip pixels)."""
     from scipy.interpolate import griddata
 
     K = data.K.double()
@@ -173,8 +165,10 @@ def initial_geometry(data: SubjectDataset, n_face: int, n_mouth: int, generator:
         colors = image[:, ys[pick], xs[pick]].t()
         return points.float(), colors.float()
 
+    first_clip = data.clip_frames(0)
+    widest = max(first_clip, key=lambda i: data.mouth_open[data.global_index(i)])
     face_points, face_colors = sample(data[REFERENCE_FRAME], FACE_LABEL, n_face, 0.0)
-    mouth_points, mouth_colors = sample(data[mouth_reference_frame(data)], MOUTH_LABEL, n_mouth, 0.25)
+    mouth_points, mouth_colors = sample(data[widest], MOUTH_LABEL, n_mouth, 0.25)
     return face_points, face_colors, mouth_points, mouth_colors
 
 
@@ -221,10 +215,11 @@ class Trainer:
         self.batches = Batches(self.data, max(options.frames_per_step, self.cfg.content_window), self.generator)
         self.face_density = DensityController(self.model.face, self.optimizer)
         self.mouth_density = DensityController(self.model.mouth, self.optimizer)
-        self.flow = self._landmark_flow(REFERENCE_FRAME)
-        self.mouth_flow = self._landmark_flow(mouth_reference_frame(self.data))
+        reference = self.data[REFERENCE_FRAME]
+        self.flow = LandmarkFlow(self.data.canonical.to(self.device), self.data.K.float().to(self.device),
+                                 torch.as_tensor(reference["landmarks"]).float().to(self.device),
+                                 torch.as_tensor(reference["viewmat"]).float().to(self.device))
         self.face_binding = self.flow.bind(self.model.face.xyz)
-        self.mouth_binding = self.mouth_flow.bind_jaw(self.model.mouth.xyz)
         if resume:
             self._restore_part_state()
 
@@ -236,13 +231,6 @@ class Trainer:
         model.init_subject(face_p, mouth_p, self._person_plate(), self.data.K, self.data.viewmats,
                            torch.from_numpy(self.data.eye), face_c, mouth_c)
         return model.train()
-
-    def _landmark_flow(self, frame: int) -> LandmarkFlow:
-        """Landmark motion targets relative to one training frame."""
-        item, device = self.data[frame], self.device
-        return LandmarkFlow(self.data.canonical.to(device), self.data.K.float().to(device),
-                            torch.as_tensor(item["landmarks"]).float().to(device),
-                            torch.as_tensor(item["viewmat"]).float().to(device))
 
     def _person_plate(self, samples: int = 240) -> Tensor:
         """The static part of the picture (background, hair, torso): the per-pixel
@@ -383,16 +371,14 @@ class Trainer:
         nll = out.face.nll + out.mouth.nll
         deform = out.face.d_xyz.pow(2).mean() + out.mouth.d_xyz.pow(2).mean()
         landmarks, viewmats = batch["landmarks"].float(), batch["viewmat"].float()
-        # the face follows the skin; teeth and tongue follow the jaw (ua3dtalk.landmark_flow)
+        # the face only: teeth and tongue do not follow the skin (the image loss moves them)
         flow = self.flow.loss(self.model.face.xyz.detach(), out.face.d_xyz, self.face_binding, landmarks, viewmats, size)
-        jaw = self.mouth_flow.loss(self.model.mouth.xyz.detach(), out.mouth.d_xyz, self.mouth_binding,
-                                   landmarks, viewmats, size)
         loss = loss + o.sync_weight * sync + o.distill_weight * distill + o.nll_weight * nll + \
-            o.deform_weight * deform + o.flow_weight * flow + o.jaw_weight * jaw
+            o.deform_weight * deform + o.flow_weight * flow
         with torch.no_grad():
             quality = float(psnr(pred.clamp(0, 1), target).mean())
         stats = {"l1": l1.item(), "sync": sync.item(), "distill": distill.item(), "nll": nll.item(),
-                 "flow": flow.item(), "jaw": jaw.item(), "psnr": quality, "stage": stage}
+                 "flow": flow.item(), "psnr": quality, "stage": stage}
         return loss, stats, out
 
     def _densify(self, out, phase: str) -> None:  # noqa: ANN001
@@ -414,8 +400,6 @@ class Trainer:
                                           extent=self._extent(), max_screen_size=size / 4, max_new=room)
                 if part == "face":
                     self.face_binding = self.flow.bind(self.model.face.xyz)
-                else:
-                    self.mouth_binding = self.mouth_flow.bind_jaw(self.model.mouth.xyz)
 
     def _room(self, part: str) -> int:
         """Gaussians a part may still add: what is left of the whole budget and, for the inside-mouth
@@ -512,9 +496,8 @@ class Trainer:
         for name, density in (("face", self.face_density), ("mouth", self.mouth_density)):
             for key in _DENSITY_STATS:
                 tensors[f"density/{name}/{key}"] = getattr(density, key).detach().cpu().contiguous()
-        for name, binding in (("face", self.face_binding), ("mouth", self.mouth_binding)):
-            for key, value in zip(("index", "weight"), binding):
-                tensors[f"flow/{name}/{key}"] = value.detach().cpu().contiguous()
+        for key, value in zip(("index", "weight"), self.face_binding):
+            tensors[f"flow/face/{key}"] = value.detach().cpu().contiguous()
         groups = [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]
         meta = {"step": str(self.step), "total": str(self.total), "options": json.dumps(asdict(self.opt)),
                 "train_seconds": str(self.train_seconds),
@@ -558,9 +541,7 @@ class Trainer:
         for name, density in (("face", self.face_density), ("mouth", self.mouth_density)):
             for key in _DENSITY_STATS:
                 setattr(density, key, self._part_state[f"density/{name}/{key}"].to(self.device))
-        self.face_binding, self.mouth_binding = (
-            tuple(self._part_state[f"flow/{name}/{key}"].to(self.device) for key in ("index", "weight"))
-            for name in ("face", "mouth"))
+        self.face_binding = tuple(self._part_state[f"flow/face/{key}"].to(self.device) for key in ("index", "weight"))
 
 
 def train(data: str | Path, out: str | Path, options: TrainOptions | None = None, evaluate: bool = True,
