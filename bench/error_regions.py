@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from ua3dtalk import audio as audio_io
-from ua3dtalk.data.dataset import MASK_LABELS, SubjectDataset
-from ua3dtalk.evaluate import clip_ground_truth, head_region, render_clip
+from ua3dtalk.data.dataset import MOUTH_LABEL, SubjectDataset, head_region
+from ua3dtalk.evaluate import clip_ground_truth, render_clip
 from ua3dtalk.metrics import MOUTH
 from ua3dtalk.model import load_checkpoint
 from ua3dtalk.pipeline import pick_device
@@ -84,7 +84,7 @@ def main() -> None:
         head = head_region(masks)
         box = lip_boxes(landmarks, data.size, args.margin) & head
         rest = head & ~box
-        opening = box & (masks == MASK_LABELS["mouth"])
+        opening = box & (masks == MOUTH_LABEL)
         sums = np.array([error[box].sum(), box.sum(), error[rest].sum(), rest.sum(),
                          error[opening].sum(), opening.sum()])
         totals += sums

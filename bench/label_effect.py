@@ -16,7 +16,7 @@ import torch
 
 from ua3dtalk import audio as audio_io
 from ua3dtalk.config import EMOTIONS
-from ua3dtalk.data.dataset import MASK_LABELS, SubjectDataset
+from ua3dtalk.data.dataset import SubjectDataset, head_region
 from ua3dtalk.evaluate import items_conditioning
 from ua3dtalk.metrics import psnr
 from ua3dtalk.model import load_checkpoint
@@ -45,7 +45,7 @@ def main() -> None:
         features = extractor(data.audio(clip)[0]).to(device, torch.float32)
         items = [data[i] for i in list(data.clip_frames(clip))[20:20 + args.frames]]
         truth = torch.stack([torch.as_tensor(it["image"]) for it in items]).float().to(device)
-        head = torch.stack([torch.as_tensor(it["mask"]) >= MASK_LABELS["face"] for it in items]).to(device)
+        head = torch.stack([head_region(torch.as_tensor(it["mask"])) for it in items]).to(device)
         own_label = items_conditioning(items, features)
         neutral_label = replace(own_label, emotion=torch.zeros_like(own_label.emotion))
         renders = [model(cond, size=args.size, with_maps=False).image.permute(0, 3, 1, 2).clamp(0, 1)

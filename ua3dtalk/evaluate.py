@@ -19,7 +19,7 @@ import torch
 
 from ua3dtalk import audio as audio_io
 from ua3dtalk.config import EMOTIONS
-from ua3dtalk.data.dataset import MASK_LABELS, SubjectDataset
+from ua3dtalk.data.dataset import SubjectDataset, head_region
 from ua3dtalk.data.landmarks import detect_landmarks, mouth_opening
 from ua3dtalk.metrics import (
     MOUTH, ExpressionClassifier, expression_features, frechet_distance, landmark_distance, lpips_or_none,
@@ -27,7 +27,6 @@ from ua3dtalk.metrics import (
 )
 from ua3dtalk.model import Conditioning, TalkingHead
 
-FACE_LABEL, MOUTH_LABEL = MASK_LABELS["face"], MASK_LABELS["mouth"]
 MIN_FRECHET_SAMPLES = 8
 
 
@@ -69,11 +68,6 @@ def render_clip(model: TalkingHead, data: SubjectDataset, clip: int, features: t
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return frames, time.perf_counter() - start
-
-
-def head_region(masks: np.ndarray) -> np.ndarray:
-    """Where the metrics look: the pixels labelled face or mouth."""
-    return (masks == FACE_LABEL) | (masks == MOUTH_LABEL)
 
 
 def clip_ground_truth(data: SubjectDataset, clip: int, max_frames: int | None

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ua3dtalk import audio as audio_io
 from ua3dtalk.config import FACE_VIEWS, MOUTH_VIEWS, preset
-from ua3dtalk.data.dataset import MASK_LABELS, SubjectDataset
+from ua3dtalk.data.dataset import FACE_LABEL, MOUTH_LABEL, SubjectDataset, head_region
 from ua3dtalk.encoding import TriPlaneField
 from ua3dtalk.gaussians import DensityController
 from ua3dtalk.landmark_flow import LandmarkFlow
@@ -39,7 +39,6 @@ from ua3dtalk.model import Conditioning, TalkingHead, load_checkpoint, save_chec
 from ua3dtalk.prior import mouth_crops
 
 MOUTH_UPPER, MOUTH_LOWER = 13, 14   # MediaPipe inner-lip midpoints
-FACE_LABEL, MOUTH_LABEL = MASK_LABELS["face"], MASK_LABELS["mouth"]
 STATE_NAME = "training_state.safetensors"
 DEFAULT_ITERATIONS = {"demo": 6000, "paper": 30000}
 # Gaussians at most: the demo keeps its checkpoint under 25 MB (about 150 bytes per Gaussian)
@@ -240,7 +239,7 @@ class Trainer:
         table = self.table
         pick = torch.linspace(0, len(table["image"]) - 1, min(samples, len(table["image"]))).long()
         images = table["image"][pick.to(table["image"].device)].float() / 255
-        head = (table["mask"][pick.to(table["mask"].device)] >= FACE_LABEL)[:, None].expand_as(images)
+        head = head_region(table["mask"][pick.to(table["mask"].device)])[:, None].expand_as(images)
         plate = images.masked_fill(head, float("nan")).nanmedian(dim=0).values
         fallback = self.data.background.to(plate.device)
         return torch.where(torch.isnan(plate), fallback, plate).cpu()
@@ -350,7 +349,7 @@ class Trainer:
         pred = out.image.permute(0, 3, 1, 2)
         gt = batch["image"].float()
         mask = batch["mask"]
-        head = (mask == FACE_LABEL) | (mask == MOUTH_LABEL)
+        head = head_region(mask)
         region = (mask == MOUTH_LABEL) if phase == "mouth" else head
         background = self.model.background[None].expand_as(gt)
         target = torch.where(head[:, None], gt, background)

@@ -33,8 +33,16 @@ from ua3dtalk.config import EMOTIONS
 DATASET_VERSION = 1
 SPLITS = ("train", "heldout", "all")
 MASK_LABELS = {"background": 0, "person": 1, "face": 2, "mouth": 3}
+FACE_LABEL, MOUTH_LABEL = MASK_LABELS["face"], MASK_LABELS["mouth"]
+MaskArray = np.ndarray | torch.Tensor
 AUTO_CACHE_BYTES = 2 << 30   # decoded frames are kept in memory when they fit in this
 _REQUIRED = ("landmarks.npy", "viewmats.npy", "canonical.npy", "eye.npy", "mouth_open.npy", "background.png")
+
+
+def head_region(masks: MaskArray) -> MaskArray:
+    """The pixels labelled face or mouth (NumPy or torch masks): what the Gaussians model,
+    the training loss weighs and the metrics look at."""
+    return (masks == FACE_LABEL) | (masks == MOUTH_LABEL)
 
 
 @dataclass
