@@ -66,6 +66,20 @@ def test_emotion_and_fusion_change_the_face(pipe):
     assert np.abs(happy - uniform).max() > 0
 
 
+def test_the_default_fusion_is_the_one_the_subject_was_trained_with(tiny_checkpoint):
+    """A uniform-fusion subject (such as the demo's twin) renders with uniform fusion unless told otherwise."""
+    from dataclasses import replace
+
+    from ua3dtalk.model import load_checkpoint
+
+    model = load_checkpoint(str(tiny_checkpoint))
+    model.cfg = replace(model.cfg, fusion="uniform")
+    twin = TalkingFacePipeline(model, name="twin", device="cpu")
+    default = twin(_speech(), emotion="happy", size=TINY_SIZE).frames
+    assert np.array_equal(default, twin(_speech(), emotion="happy", fusion="uniform", size=TINY_SIZE).frames)
+    assert not np.array_equal(default, twin(_speech(), emotion="happy", fusion="uncertainty", size=TINY_SIZE).frames)
+
+
 def test_auto_emotion_and_schedule(pipe):
     out = pipe(_speech(), emotion="auto", size=TINY_SIZE)
     assert set(out.emotions) <= set(EMOTIONS)

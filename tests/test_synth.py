@@ -157,3 +157,11 @@ def test_plan_covers_emotions_and_keeps_sentences_apart():
     assert 0.1 < len(held) / len(plans) < 0.2 and len({p.emotion for p in held}) >= 6
     assert not set(sentences.TRAIN) & set(sentences.HELDOUT)
     assert {p.sentence for p in held} <= set(sentences.HELDOUT)
+    # no sentence tied to one emotion, and no clip a copy of another (neutral has no levels),
+    # over the demo subject's 46 training clips
+    demo = [p for p in map(plan_clip, range(54)) if p.split == "train"]
+    assert len(demo) == 46 and len({(p.emotion, p.sentence) for p in demo}) == 46
+    by_sentence = {}
+    for p in train:
+        by_sentence.setdefault(p.sentence, set()).add(p.emotion)
+    assert max(len(v) for v in by_sentence.values()) >= 2

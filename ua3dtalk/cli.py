@@ -81,7 +81,8 @@ def _render(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--intensity", type=float, default=1.0, help="emotion intensity in [0, 1]")
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--heatmaps", default=None, help="folder for the uncertainty heatmap video and key-frame grid")
-    p.add_argument("--fusion", default="uncertainty", choices=("uncertainty", "uniform"))
+    p.add_argument("--fusion", default=None, choices=("uncertainty", "uniform"),
+                   help="default: the fusion the subject was trained with")
     p.add_argument("--size", type=int, default=None, help="output size (default: the subject's)")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"))
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
@@ -99,7 +100,8 @@ def _eval(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--subject", default="demo")
     p.add_argument("--data", required=True, help="subject dataset folder with held-out clips")
     p.add_argument("--out", required=True, help="metrics .json")
-    p.add_argument("--fusion", default="uncertainty", choices=("uncertainty", "uniform"))
+    p.add_argument("--fusion", default=None, choices=("uncertainty", "uniform"),
+                   help="default: the fusion the subject was trained with")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"))
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each clip (quicker)")

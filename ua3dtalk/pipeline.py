@@ -113,13 +113,14 @@ class TalkingFacePipeline:
 
     @torch.no_grad()
     def __call__(self, audio: object, emotion: str | Schedule = "neutral", intensity: float = 1.0,
-                 fusion: str = "uncertainty", size: int | None = None, batch_size: int | None = None,
+                 fusion: str | None = None, size: int | None = None, batch_size: int | None = None,
                  map_size: int = 128, max_seconds: float | None = None,
                  progress: Progress | None = None) -> PipelineOutput:
         report = progress or (lambda fraction, message: None)
+        cfg, model, device = self.config, self.model, self.device
+        fusion = fusion or cfg.fusion   # by default the fusion the subject was trained with
         if fusion not in ("uncertainty", "uniform"):
             raise ValueError(f"fusion must be 'uncertainty' or 'uniform', got {fusion!r}")
-        cfg, model, device = self.config, self.model, self.device
         size = size or cfg.image_size
         if not 16 <= size <= 2048:
             raise ValueError(f"size must be between 16 and 2048 pixels, got {size}")
@@ -211,7 +212,7 @@ class TalkingFacePipeline:
 
 
 def render_to_files(subject: str, audio: str | Path, out: str | Path, emotion: str = "neutral",
-                    intensity: float = 1.0, fusion: str = "uncertainty", heatmaps: str | Path | None = None,
+                    intensity: float = 1.0, fusion: str | None = None, heatmaps: str | Path | None = None,
                     size: int | None = None, device: str | None = None, revision: str | None = None) -> Path:
     """The ``ua3dtalk render`` command: a video with sound, and optionally the heatmaps."""
     from PIL import Image

@@ -38,7 +38,7 @@ MAX_MISSING_FACE = 0.2
 FOCAL_FACTOR = 2.0        # focal = 2 * size: a narrow field of view, like a portrait lens
 CROP_SCALE = 1.9          # crop side / landmark-bbox extent: hair, ears and neck stay in view
 POSE_SMOOTHING = 3.0      # Gaussian sigma in frames: head pose moves slower than the mouth
-RIGID_SHARE = 0.6         # share of the landmarks, those that move least, the head pose is fitted to
+RIGID_SHARE = 0.3         # share of the landmarks, those that move least, the head pose is fitted to
 BACKGROUND_SAMPLES = 64
 HELDOUT_FOLDERS = frozenset({"heldout", "test", "val"})
 _MEAD_STEM = re.compile(r"^(?P<emotion>[a-z]+)_level_(?P<level>\d+)(?:_(?P<rest>.+))?$")
@@ -296,7 +296,9 @@ def fit_head_pose(landmarks: np.ndarray, size: int, clip_lengths: list[int] | No
     crop pixels (MediaPipe's z in the same scale).
 
     Generalised Procrustes (similarity) over frames gives the mean shape; the
-    points that move least are the rigid part used for pose. MediaPipe's
+    points that move least are the rigid part used for pose, chosen again after
+    each alignment to that part (an expression moves the whole first alignment,
+    so the first choice still holds moving points). MediaPipe's
     geometry is close to weak perspective, so the shape is pre-distorted by
     depth to make a perspective camera at the average distance reproduce the
     same image, and each frame's pose (from the similarity fit) is then
@@ -313,11 +315,11 @@ def fit_head_pose(landmarks: np.ndarray, size: int, clip_lengths: list[int] | No
     pts = landmarks.astype(np.float64)
     weights = np.ones(pts.shape[1])
     ref = pts[len(pts) // 2]
-    for it in range(iterations):
+    for _ in range(iterations):
         s, rot, c = _similarity(pts, np.broadcast_to(ref, pts.shape), weights)
         aligned = s[:, None, None] * np.einsum("tij,tnj->tni", rot, pts) + c[:, None]
         ref = aligned.mean(0)
-        if it == 0 and len(pts) > 2:
+        if len(pts) > 2:
             spread = aligned.std(0).sum(-1)
             weights = (spread <= np.quantile(spread, rigid_share)).astype(np.float64)
     ref = ref - (weights[:, None] * ref).sum(0) / weights.sum()

@@ -52,8 +52,11 @@ class ClipPlan:
 def plan_clip(index: int) -> ClipPlan:
     """Which split, emotion, level and sentence clip ``index`` gets.
 
-    Train clips walk through all 24 emotion x level pairs before repeating;
-    held-out clips cycle the emotions in another order and use held-out sentences.
+    Train clips walk through all 24 emotion x level pairs before repeating, and
+    each pass over the emotions moves the sentences on by one, so that no sentence
+    is tied to one emotion (8 divides the 40 training sentences) and no two clips
+    repeat both; held-out clips cycle the emotions in another order and use
+    held-out sentences.
     """
     if index % HELDOUT_EVERY == 1:
         h = index // HELDOUT_EVERY
@@ -61,7 +64,7 @@ def plan_clip(index: int) -> ClipPlan:
                         sentences.HELDOUT[h % len(sentences.HELDOUT)])
     j = index - (index + HELDOUT_EVERY - 1) // HELDOUT_EVERY  # train clips before this one
     return ClipPlan("train", EMOTIONS[j % len(EMOTIONS)], TRAIN_LEVELS[(j // len(EMOTIONS)) % 3],
-                    sentences.TRAIN[j % len(sentences.TRAIN)])
+                    sentences.TRAIN[(j + j // len(EMOTIONS)) % len(sentences.TRAIN)])
 
 
 def _pad(speech: Speech) -> tuple[np.ndarray, list[Phoneme], int]:
