@@ -39,6 +39,18 @@ def test_cli_help_lists_commands(capsys):
         assert command in out
 
 
+def test_train_options_come_from_the_command_line(monkeypatch, tmp_path):
+    import ua3dtalk.train as training
+
+    seen = {}
+    monkeypatch.setattr(training, "train", lambda data, out, options, **kw: seen.update(options=options, **kw))
+    assert cli.main(["train", str(tmp_path), "--out", str(tmp_path / "ckpt"), "--seed", "3", "--fusion", "uniform",
+                     "--mouth-emotion", "--minutes", "2", "--no-eval"]) == 0
+    options = seen["options"]
+    assert (options.seed, options.fusion, options.mouth_emotion) == (3, "uniform", True)
+    assert seen["minutes"] == 2 and seen["evaluate"] is False
+
+
 def test_triplane_shapes_and_gradients():
     field = TriPlaneField(dim=4, base_resolution=8, multires=(1, 2))
     xyz = torch.rand(100, 3) * 2 - 1

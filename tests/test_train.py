@@ -209,3 +209,16 @@ def test_the_inside_mouth_branch_can_read_the_emotion(tiny_subject, tmp_path):
                 for label in (0, 7)]
     assert torch.equal(*offsets[False])
     assert not torch.equal(*offsets[True])
+
+
+def test_the_seed_sets_the_initial_subject(tiny_subject, tmp_path):
+    """Runs to compare seeds (``ua3dtalk train --seed``): the same seed starts from the same
+    Gaussians and networks, another seed from other ones."""
+    def start(seed: int, name: str) -> dict[str, torch.Tensor]:
+        return Trainer(tiny_subject, tmp_path / name, tiny_options(iterations=10, seed=seed)).model.state_dict()
+
+    first, again, other = start(0, "a"), start(0, "b"), start(1, "c")
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not torch.equal(first["face.xyz"], other["face.xyz"])
+    network = next(key for key, value in first.items() if key.startswith("face_net") and value.dim() == 2)
+    assert not torch.equal(first[network], other[network])

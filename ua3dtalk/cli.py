@@ -58,6 +58,8 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
                    help="cap the inside-mouth Gaussians (default: they share the preset's budget with the face)")
     p.add_argument("--mouth-emotion", action="store_true",
                    help="the inside-mouth branch reads the emotion view too (default: the audio views only)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial Gaussians, the networks and the batches (to measure seed spread)")
     p.add_argument("--until", type=int, default=None,
                    help="stop at this step with a resumable save (for time-limited machines; --resume goes on)")
     p.add_argument("--minutes", type=float, default=None,
@@ -68,7 +70,7 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
         train(a.data, a.out, TrainOptions(
             preset=a.preset, iterations=a.iterations, resume=a.resume, fusion=a.fusion,
             codebooks=not a.no_codebooks, size=a.size, device=a.device,
-            max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion),
+            max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed),
             evaluate=not a.no_eval, until=a.until, minutes=a.minutes)
     return run
 
