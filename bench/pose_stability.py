@@ -34,17 +34,25 @@ def spreads(points: np.ndarray, clips: list[tuple[int, int]]) -> tuple[float, fl
     return float(np.mean(within)), float(means.std(0).mean())
 
 
-def camera_error_psnr(points: np.ndarray, data: SubjectDataset, every: int = 37) -> float:
-    """Mean head-region PSNR of every ``every``-th training frame moved by its camera's error."""
-    reference = points.mean(0).astype(np.float32)
-    scores = []
+def sample_frames(data: SubjectDataset, every: int = 37) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(global frame index, [H,W,3] image, head region) of every ``every``-th training frame."""
+    frames = []
     for index in range(0, len(data), every):
         item = data[index]
-        image = np.asarray(item["image"]).transpose(1, 2, 0).astype(np.float32)
-        move, _ = cv2.estimateAffinePartial2D(reference, points[data.global_index(index)].astype(np.float32))
+        frames.append((data.global_index(index), np.asarray(item["image"]).transpose(1, 2, 0).astype(np.float32),
+                       head_region(np.asarray(item["mask"]))))
+    return frames
+
+
+def camera_error_psnr(points: np.ndarray, frames: list[tuple[int, np.ndarray, np.ndarray]]) -> float:
+    """Mean head-region PSNR of the frames moved by their cameras' errors, against themselves."""
+    reference = points.mean(0).astype(np.float32)
+    scores = []
+    for frame, image, head in frames:
+        move, _ = cv2.estimateAffinePartial2D(reference, points[frame].astype(np.float32))
         moved = cv2.warpAffine(image, move, image.shape[1::-1], flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REFLECT)
-        error = ((moved - image) ** 2).mean(-1)[head_region(np.asarray(item["mask"]))].mean()
+        error = ((moved - image) ** 2).mean(-1)[head].mean()
         scores.append(10 * np.log10(1 / max(float(error), 1e-12)))
     return float(np.mean(scores))
 
@@ -59,7 +67,7 @@ def main() -> None:
     meta = json.loads((data / "meta.json").read_text())
     landmarks = np.load(data / "landmarks.npy")
     clips = sorted((c["start"], c["n_frames"]) for c in meta["clips"])
-    frames = SubjectDataset(data, "train")
+    frames = sample_frames(SubjectDataset(data, "train"))   # loaded once, scored for every fit
     print(f"{data}: {len(landmarks)} frames, {len(clips)} clips at {meta['size']}²\n")
     print("| rigid share | smoothing (frames) | within clips (px) | across clips (px) | reprojection (px) "
           "| perfect model through these cameras (dB) |")

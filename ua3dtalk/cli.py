@@ -41,6 +41,12 @@ def _preprocess(sub: argparse._SubParsersAction) -> Handler:
     return run
 
 
+def _fusion_option(p: argparse.ArgumentParser) -> None:
+    """``--fusion`` of the commands that render a trained subject."""
+    p.add_argument("--fusion", default=None, choices=("uncertainty", "uniform"),
+                   help="default: the fusion the subject was trained with")
+
+
 def _train(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("train", help="train a subject checkpoint from a subject dataset")
     p.add_argument("data", help="subject dataset folder (from synth or preprocess)")
@@ -83,8 +89,7 @@ def _render(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--intensity", type=float, default=1.0, help="emotion intensity in [0, 1]")
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--heatmaps", default=None, help="folder for the uncertainty heatmap video and key-frame grid")
-    p.add_argument("--fusion", default=None, choices=("uncertainty", "uniform"),
-                   help="default: the fusion the subject was trained with")
+    _fusion_option(p)
     p.add_argument("--size", type=int, default=None, help="output size (default: the subject's)")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"))
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
@@ -102,8 +107,7 @@ def _eval(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--subject", default="demo")
     p.add_argument("--data", required=True, help="subject dataset folder with held-out clips")
     p.add_argument("--out", required=True, help="metrics .json")
-    p.add_argument("--fusion", default=None, choices=("uncertainty", "uniform"),
-                   help="default: the fusion the subject was trained with")
+    _fusion_option(p)
     p.add_argument("--device", default=None, choices=("cpu", "cuda"))
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each clip (quicker)")

@@ -117,10 +117,9 @@ class TalkingFacePipeline:
                  map_size: int = 128, max_seconds: float | None = None,
                  progress: Progress | None = None) -> PipelineOutput:
         report = progress or (lambda fraction, message: None)
-        cfg, model, device = self.config, self.model, self.device
-        fusion = fusion or cfg.fusion   # by default the fusion the subject was trained with
-        if fusion not in ("uncertainty", "uniform"):
+        if fusion not in (None, "uncertainty", "uniform"):   # None: the one the subject was trained with
             raise ValueError(f"fusion must be 'uncertainty' or 'uniform', got {fusion!r}")
+        cfg, model, device = self.config, self.model, self.device
         size = size or cfg.image_size
         if not 16 <= size <= 2048:
             raise ValueError(f"size must be between 16 and 2048 pixels, got {size}")
