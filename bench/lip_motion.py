@@ -52,16 +52,20 @@ def landmark_groups(model: TalkingHead, data: SubjectDataset) -> dict[int, torch
     return groups
 
 
-def rendered_motion(model: TalkingHead, data: SubjectDataset, extractor, device: torch.device,  # noqa: ANN001
+def clip_features(data: SubjectDataset, extractor, device: torch.device) -> list[torch.Tensor]:  # noqa: ANN001
+    """Audio features of every clip of the split, computed once for both tables."""
+    return [extractor(data.audio(clip)[0]).to(device, torch.float32) for clip in range(len(data.clips))]
+
+
+def rendered_motion(model: TalkingHead, data: SubjectDataset, features: list[torch.Tensor],
                     clip_stride: int, stride: int = 6, per_clip: int = 12) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per pair: (true, rendered) vertical distances in pixels over sampled frames of every
     ``clip_stride``-th training clip (rendering is the slow part on a CPU)."""
     groups = landmark_groups(model, data)
     out = {name: ([], []) for name in PAIRS}
     for clip in range(0, len(data.clips), clip_stride):
-        features = extractor(data.audio(clip)[0]).to(device, torch.float32)
         items = [data[i] for i in list(data.clip_frames(clip))[::stride][:per_clip]]
-        cond = items_conditioning(items, features)
+        cond = items_conditioning(items, features[clip])
         moved = project(model.face.xyz + model(cond, size=data.size, with_maps=False).face.d_xyz,
                         cond.viewmats, model.K)
         truth = torch.stack([torch.as_tensor(it["landmarks"]) for it in items]).to(moved)
@@ -71,7 +75,7 @@ def rendered_motion(model: TalkingHead, data: SubjectDataset, extractor, device:
     return {name: (np.concatenate(t), np.concatenate(r)) for name, (t, r) in out.items()}
 
 
-def view_features(model: TalkingHead, data: SubjectDataset, extractor, device: torch.device  # noqa: ANN001
+def view_features(model: TalkingHead, data: SubjectDataset, clip_audio: list[torch.Tensor]
                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-frame features of every clip of the split, by name, and the ground-truth lip gaps."""
     feats: dict[str, list[np.ndarray]] = {"audio code": [], "content": [], "style": [],
@@ -80,8 +84,8 @@ def view_features(model: TalkingHead, data: SubjectDataset, extractor, device: t
     for clip, info in enumerate(data.clips):
         rows = [data.global_index(i) for i in data.clip_frames(clip)]
         n = len(rows)
-        features = extractor(data.audio(clip)[0]).to(device, torch.float32)[:n]
-        prior = model.prior(features, torch.arange(n, device=device))
+        features = clip_audio[clip][:n]
+        prior = model.prior(features, torch.arange(n, device=features.device))
         for key, name in (("audio", "audio code"), ("content", "content"), ("style", "style")):
             feats[name].append(prior[key].cpu().numpy())
         padded = torch.cat([features[:1].expand(2, -1), features, features[-1:].expand(2, -1)])
@@ -120,12 +124,13 @@ def main() -> None:
     print(f"{args.subject} on {device}\n")
     print("| training frames | true (px) | rendered (px) | slope | correlation |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for name, (true, rendered) in rendered_motion(model, train, extractor, device, args.clip_stride).items():
+    train_audio = clip_features(train, extractor, device)
+    for name, (true, rendered) in rendered_motion(model, train, train_audio, args.clip_stride).items():
         slope = np.polyfit(true, rendered, 1)[0]
         print(f"| {name} | {true.mean():.1f} ± {true.std():.1f} | {rendered.mean():.1f} ± {rendered.std():.1f} "
               f"| {slope:.2f} | {np.corrcoef(true, rendered)[0, 1]:.2f} |")
-    train_x, train_y = view_features(model, train, extractor, device)
-    test_x, test_y = view_features(model, heldout, extractor, device)
+    train_x, train_y = view_features(model, train, train_audio)
+    test_x, test_y = view_features(model, heldout, clip_features(heldout, extractor, device))
     print("\n| lip gap from | dims | training fit (corr) | held out (corr) |")
     print("| --- | ---: | ---: | ---: |")
     for name in train_x:
