@@ -26,19 +26,9 @@ import torch
 from ua3dtalk import audio as audio_io
 from ua3dtalk.data.dataset import MOUTH_LABEL, SubjectDataset, head_region
 from ua3dtalk.evaluate import clip_ground_truth, render_clip
-from ua3dtalk.metrics import MOUTH
+from ua3dtalk.metrics import lip_box
 from ua3dtalk.model import load_checkpoint
 from ua3dtalk.pipeline import pick_device
-
-
-def lip_boxes(landmarks: np.ndarray, size: int, margin: float) -> np.ndarray:
-    """[T,478,2] landmarks -> [T,size,size] bool: the lip landmarks' bounding box grown by ``margin``."""
-    lips = landmarks[:, list(MOUTH)]
-    lo, hi = lips.min(1) - margin, lips.max(1) + margin                    # [T,2]
-    grid = np.arange(size, dtype=np.float64)
-    inside_x = (grid[None] >= lo[:, :1]) & (grid[None] <= hi[:, :1])     # [T,W]
-    inside_y = (grid[None] >= lo[:, 1:]) & (grid[None] <= hi[:, 1:])     # [T,H]
-    return inside_y[:, :, None] & inside_x[:, None, :]
 
 
 def decibels(squared_error: float, count: int) -> float:
@@ -82,7 +72,7 @@ def main() -> None:
         truth, masks, landmarks = clip_ground_truth(data, clip, args.max_frames)
         error = (((frames.astype(np.float64) - truth) / 255) ** 2).mean(-1)   # mean over the channels
         head = head_region(masks)
-        box = lip_boxes(landmarks, data.size, args.margin) & head
+        box = lip_box(torch.from_numpy(landmarks), data.size, args.margin).numpy() & head
         rest = head & ~box
         opening = box & (masks == MOUTH_LABEL)
         sums = np.array([error[box].sum(), box.sum(), error[rest].sum(), rest.sum(),

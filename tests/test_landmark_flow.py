@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from ua3dtalk.landmark_flow import MOUTH_OPENING, LandmarkFlow, barycentric_binding, project, triangulation
@@ -63,3 +64,30 @@ def test_loss_is_zero_for_offsets_that_follow_the_landmarks():
     turned = VIEW.clone()
     turned[0, 0, 3] = 0.1
     assert flow.loss(xyz, torch.zeros(1, 500, 3), binding, project(canonical, turned, K), turned, SIZE) < 1e-6
+
+
+def test_emphasis_weights_the_landmarks_by_their_typical_motion():
+    landmarks = face_landmarks()
+    canonical = back_project(landmarks)
+    half = len(landmarks) // 2
+    frames = landmarks[None].repeat(3, 1, 1)
+    frames[:, :half, 0] += 4.0                    # these landmarks move 4 px in every frame, the rest 1 px
+    frames[:, half:, 1] -= 1.0
+    views = VIEW.expand(3, 4, 4)
+    for power in (1.0, 2.0):
+        flow = LandmarkFlow(canonical, K, landmarks, VIEW[0], frames, views, emphasis=power)
+        weight = flow.landmark_weight
+        torch.testing.assert_close(weight.mean(), torch.tensor(1.0))
+        torch.testing.assert_close(weight[0] / weight[-1], torch.tensor(4.0 ** power), rtol=1e-4, atol=0)
+    # a Gaussian on the moving landmarks counts 4 times as much as one on the still ones
+    flow = LandmarkFlow(canonical, K, landmarks, VIEW[0], frames, views, emphasis=1.0)
+    on_moving, on_still = back_project(landmarks[:1]), back_project(landmarks[-1:])
+    costs = [flow.loss(xyz, torch.zeros(1, 1, 3), flow.bind(xyz), frames[:1], VIEW, SIZE)
+             for xyz in (on_moving, on_still)]
+    torch.testing.assert_close(costs[0] / costs[1], torch.tensor(4.0 * 4.0), rtol=1e-3, atol=0)
+
+
+def test_emphasis_needs_the_training_frames():
+    landmarks = face_landmarks()
+    with pytest.raises(ValueError, match="landmarks and viewmats"):
+        LandmarkFlow(back_project(landmarks), K, landmarks, VIEW[0], emphasis=1.0)

@@ -281,3 +281,17 @@ def test_frechet_matches_scipy_sqrtm_and_handles_few_samples() -> None:
     assert math.isfinite(few) and few > 0
     with pytest.raises(ValueError):
         M.frechet_distance(a[:1], b)
+
+
+def test_lip_box_covers_the_lip_landmarks_with_the_margin() -> None:
+    landmarks = torch.full((2, 478, 2), 3.0)
+    lips = list(M.MOUTH)
+    landmarks[0, lips] = torch.tensor([20.0, 30.0])
+    landmarks[0, lips[0]] = torch.tensor([10.0, 25.0])        # x 10..20, y 25..30
+    landmarks[1] = float("nan")                               # a failed detection: no box
+    box = M.lip_box(landmarks, 64, margin=2.0)
+    assert box.shape == (2, 64, 64) and box.dtype == torch.bool
+    rows, cols = torch.nonzero(box[0], as_tuple=True)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (23, 32, 8, 22)
+    assert int(box[0].sum()) == 10 * 15
+    assert not box[1].any()

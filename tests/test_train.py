@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from ua3dtalk.metrics import MOUTH
 from ua3dtalk.model import load_checkpoint
 from ua3dtalk.train import Trainer
 
@@ -222,3 +223,24 @@ def test_the_seed_sets_the_initial_subject(tiny_subject, tmp_path):
     assert not torch.equal(first["face.xyz"], other["face.xyz"])
     network = next(key for key, value in first.items() if key.startswith("face_net") and value.dim() == 2)
     assert not torch.equal(first[network], other[network])
+
+
+def test_lip_emphasis_weights_the_lips_in_both_losses(tiny_subject, tmp_path):
+    """``flow_emphasis`` weights the landmarks by their motion, so the lips (which move most)
+    outweigh the still skin; ``lip_weight`` changes the image loss only through the lip box."""
+    plain = Trainer(tiny_subject, tmp_path / "plain", tiny_options(iterations=12))
+    lips = Trainer(tiny_subject, tmp_path / "lips", tiny_options(iterations=12, flow_emphasis=1.0, lip_weight=3.0))
+    assert torch.equal(plain.flow.landmark_weight, torch.ones_like(plain.flow.landmark_weight))
+    weight = lips.flow.landmark_weight
+    lip_points = list(MOUTH)
+    forehead = [10, 151, 9]
+    assert weight[lip_points].mean() > 2 * weight[forehead].mean()
+    torch.manual_seed(0)
+    batch, cond = plain._batch()
+    stats = {}
+    for name, trainer in (("plain", plain), ("lips", lips)):
+        trainer.model.load_state_dict(plain.model.state_dict())
+        torch.manual_seed(1)
+        _, stats[name], _ = trainer._render_loss(batch, cond, "face")
+    assert stats["plain"]["psnr"] == stats["lips"]["psnr"]     # the same render
+    assert stats["plain"]["l1"] != stats["lips"]["l1"]         # weighted differently

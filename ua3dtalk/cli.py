@@ -64,6 +64,11 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
                    help="cap the inside-mouth Gaussians (default: they share the preset's budget with the face)")
     p.add_argument("--mouth-emotion", action="store_true",
                    help="the inside-mouth branch reads the emotion view too (default: the audio views only)")
+    p.add_argument("--flow-emphasis", type=float, default=0.0,
+                   help="weight each landmark's motion target by its typical motion to this power "
+                        "(0: every Gaussian alike; see ua3dtalk/landmark_flow.py)")
+    p.add_argument("--lip-weight", type=float, default=0.0,
+                   help="extra image-loss weight inside the lip box (0: none)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the initial Gaussians, the networks and the batches (to measure seed spread)")
     p.add_argument("--until", type=int, default=None,
@@ -76,7 +81,8 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
         train(a.data, a.out, TrainOptions(
             preset=a.preset, iterations=a.iterations, resume=a.resume, fusion=a.fusion,
             codebooks=not a.no_codebooks, size=a.size, device=a.device,
-            max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed),
+            max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed,
+            flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight),
             evaluate=not a.no_eval, until=a.until, minutes=a.minutes)
     return run
 

@@ -265,6 +265,17 @@ def lpips_or_none(pred: Tensor, target: Tensor, path: str | None = None) -> tupl
 
 
 # ------------------------------------------------------------------ lip sync
+def lip_box(landmarks: Tensor, size: int, margin: float) -> Tensor:
+    """[T,478,2+] landmarks (pixels) -> [T,size,size] bool: the lip landmarks' bounding box grown by
+    ``margin`` pixels, the region that holds most of a talking head's error (bench/error_regions.py)."""
+    lips = landmarks[:, list(MOUTH), :2]
+    lo, hi = lips.amin(1) - margin, lips.amax(1) + margin                         # [T,2]
+    grid = torch.arange(size, dtype=lips.dtype, device=lips.device)
+    inside_x = (grid[None] >= lo[:, :1]) & (grid[None] <= hi[:, :1])            # [T,W]
+    inside_y = (grid[None] >= lo[:, 1:]) & (grid[None] <= hi[:, 1:])            # [T,H]
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
 def _xy(landmarks: np.ndarray) -> np.ndarray:
     a = np.asarray(landmarks, dtype=np.float64)
     if a.ndim != 3 or a.shape[2] not in (2, 3):

@@ -34,7 +34,7 @@ from ua3dtalk.data.dataset import FACE_LABEL, MOUTH_LABEL, SubjectDataset, head_
 from ua3dtalk.encoding import TriPlaneField
 from ua3dtalk.gaussians import DensityController
 from ua3dtalk.landmark_flow import LandmarkFlow
-from ua3dtalk.metrics import psnr, ssim
+from ua3dtalk.metrics import lip_box, psnr, ssim
 from ua3dtalk.model import Conditioning, TalkingHead, load_checkpoint, save_checkpoint
 from ua3dtalk.prior import mouth_crops
 
@@ -46,6 +46,7 @@ DEFAULT_MAX_GAUSSIANS = {"demo": 64_000, "paper": 300_000}
 _DENSITY_STATS = ("grad_accum", "denom", "max_radii")  # density control's running statistics
 MAX_SKIPPED_STEPS = 20  # non-finite steps in a row before training stops as diverged
 REFERENCE_FRAME = 0     # training frame the face Gaussians are built from; landmark motion is relative to it
+LIP_BOX_MARGIN = 10.0   # pixels at 512², as bench/error_regions.py
 NETWORK_LR, FIELD_LR = 1e-3, 1e-2
 POSITION_LR_FINAL, NETWORK_LR_FINAL = 0.01, 0.1  # share of the initial rates left at the last step
 
@@ -75,6 +76,8 @@ class TrainOptions:
     nll_weight: float = 0.01
     deform_weight: float = 1e-3
     flow_weight: float = 5.0       # landmark-guided motion (ua3dtalk.landmark_flow)
+    flow_emphasis: float = 0.0     # weight each landmark's flow term by its typical motion ** this
+    lip_weight: float = 0.0        # extra image-loss weight inside the lip box (face and fusion phases)
     # densification (in render iterations)
     densify_every: int = 100
     densify_until: float = 0.7
@@ -217,7 +220,9 @@ class Trainer:
         reference = self.data[REFERENCE_FRAME]
         self.flow = LandmarkFlow(self.data.canonical.to(self.device), self.data.K.float().to(self.device),
                                  torch.as_tensor(reference["landmarks"]).float().to(self.device),
-                                 torch.as_tensor(reference["viewmat"]).float().to(self.device))
+                                 torch.as_tensor(reference["viewmat"]).float().to(self.device),
+                                 self.table["landmarks"].float(), self.table["viewmat"].float(),
+                                 emphasis=options.flow_emphasis)
         self.face_binding = self.flow.bind(self.model.face.xyz)
         if resume:
             self._restore_part_state()
@@ -354,8 +359,9 @@ class Trainer:
         background = self.model.background[None].expand_as(gt)
         target = torch.where(head[:, None], gt, background)
         weight = region[:, None].float()
-        if phase != "mouth":
-            weight = torch.ones_like(weight)  # outside the head the target is the plate
+        if phase != "mouth":  # outside the head the target is the plate
+            lips = lip_box(batch["landmarks"].float(), size, LIP_BOX_MARGIN * size / 512)
+            weight = 1 + o.lip_weight * lips[:, None].float()
         l1 = ((pred - target).abs() * weight).sum() / (weight.sum() * 3).clamp_min(1)
         dssim = 1 - ssim(pred, target).mean()
         loss = l1 + o.ssim_weight * dssim
