@@ -45,9 +45,9 @@ def test_train_options_come_from_the_command_line(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(training, "train", lambda data, out, options, **kw: seen.update(options=options, **kw))
     assert cli.main(["train", str(tmp_path), "--out", str(tmp_path / "ckpt"), "--seed", "3", "--fusion", "uniform",
-                     "--mouth-emotion", "--minutes", "2", "--no-eval"]) == 0
+                     "--mouth-emotion", "--motion-basis", "--minutes", "2", "--no-eval"]) == 0
     options = seen["options"]
-    assert (options.seed, options.fusion, options.mouth_emotion) == (3, "uniform", True)
+    assert (options.seed, options.fusion, options.mouth_emotion, options.motion_basis) == (3, "uniform", True, True)
     assert seen["minutes"] == 2 and seen["evaluate"] is False
 
 

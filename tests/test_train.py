@@ -244,3 +244,22 @@ def test_lip_emphasis_weights_the_lips_in_both_losses(tiny_subject, tmp_path):
         _, stats[name], _ = trainer._render_loss(batch, cond, "face")
     assert stats["plain"]["psnr"] == stats["lips"]["psnr"]     # the same render
     assert stats["plain"]["l1"] != stats["lips"]["l1"]         # weighted differently
+
+
+def test_a_motion_basis_subject_trains_and_reloads(tiny_subject, tmp_path):
+    """``--motion-basis`` reaches both decoders, is saved in config.json, and the checkpoint
+    rebuilds the same model; a config without the key (older checkpoints) means no basis."""
+    from ua3dtalk.config import ModelConfig
+    from ua3dtalk.model import load_checkpoint
+
+    out = tmp_path / "basis"
+    trainer = Trainer(tiny_subject, out, tiny_options(iterations=30, motion_basis=True))
+    trainer.run()
+    model = load_checkpoint(out)
+    assert model.cfg.motion_basis and model.face_net.decoder.basis is not None
+    assert model.mouth_net.decoder.basis is not None
+    assert float(model.face_net.decoder.basis.weight.abs().max()) > 0        # it was trained
+    saved = trainer.model.state_dict()
+    assert all(torch.equal(value.cpu(), saved[key].cpu()) for key, value in model.state_dict().items())
+    old = {k: v for k, v in model.cfg.to_dict().items() if k != "motion_basis"}
+    assert ModelConfig.from_dict(old).motion_basis is False

@@ -64,6 +64,8 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
                    help="cap the inside-mouth Gaussians (default: they share the preset's budget with the face)")
     p.add_argument("--mouth-emotion", action="store_true",
                    help="the inside-mouth branch reads the emotion view too (default: the audio views only)")
+    p.add_argument("--motion-basis", action="store_true",
+                   help="decoders add a bilinear term: each Gaussian's own motion basis times the fused latent")
     p.add_argument("--flow-emphasis", type=float, default=0.0,
                    help="weight each landmark's motion target by its typical motion to this power "
                         "(0: every Gaussian alike; see ua3dtalk/landmark_flow.py)")
@@ -81,7 +83,7 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
         train(a.data, a.out, TrainOptions(
             preset=a.preset, iterations=a.iterations, resume=a.resume, fusion=a.fusion,
             codebooks=not a.no_codebooks, size=a.size, device=a.device,
-            max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed,
+            max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed, motion_basis=a.motion_basis,
             flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight),
             evaluate=not a.no_eval, until=a.until, minutes=a.minutes)
     return run

@@ -53,6 +53,7 @@ class ModelConfig:
     mouth_views: tuple[str, ...] = MOUTH_VIEWS
     fusion: str = "uncertainty"     # fusion the subject was trained with: uncertainty | uniform
     codebooks: bool = True          # emotion code-books on (off only for the ablation)
+    motion_basis: bool = False      # bilinear position-offset term in the decoders (deform.MultiHeadDecoder)
     # Gaussians and images
     sh_degree: int = 2
     image_size: int = 512

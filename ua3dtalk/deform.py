@@ -37,25 +37,45 @@ class DeformOutput:
 
 
 class MultiHeadDecoder(nn.Module):
-    """Shared trunk, one small linear head per output.
+    """Shared trunk on [latent, position features], one small linear head per output.
 
     The heads start near zero so training starts from the canonical Gaussians,
     yet not at exactly zero, so every layer receives gradients from step one.
+
+    With ``motion_basis`` the position offset also gets a bilinear term B(pos)·latent:
+    each Gaussian reads its own 3 x D basis off its position features. A landmark-driven
+    face moves as a blend of a few per-frame motions with fixed per-point weights, a
+    product that the trunk, with position and latent merely side by side, fits only
+    approximately (the lips moved 0.69 of the way without it; bench/RESULTS.md).
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, outputs: tuple[str, ...]) -> None:
+    def __init__(self, latent_dim: int, pos_dim: int, hidden_dim: int, outputs: tuple[str, ...],
+                 motion_basis: bool = False) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.SiLU(),
+        self.trunk = nn.Sequential(nn.Linear(latent_dim + pos_dim, hidden_dim), nn.SiLU(),
                                    nn.Linear(hidden_dim, hidden_dim), nn.SiLU())
         self.heads = nn.ModuleDict({name: nn.Linear(hidden_dim, OUTPUT_DIMS[name]) for name in outputs})
         with torch.no_grad():
             for head in self.heads.values():
                 head.weight.mul_(1e-3)
                 head.bias.zero_()
+        self.basis: nn.Linear | None = None
+        if motion_basis:
+            # starts at zero (its gradient does not: the latent is not zero); the 1/sqrt(P·D) scale
+            # keeps an Adam step's effect on the offsets of the order of the heads'
+            self.basis = nn.Linear(pos_dim, OUTPUT_DIMS["xyz"] * latent_dim)
+            nn.init.zeros_(self.basis.weight)
+            nn.init.zeros_(self.basis.bias)
+            self.basis_scale = (pos_dim * latent_dim) ** -0.5
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        hidden = self.trunk(x)
-        return {name: head(hidden) for name, head in self.heads.items()}
+    def forward(self, latent: Tensor, pos: Tensor) -> dict[str, Tensor]:
+        """latent [B, N, D] per frame and Gaussian, pos [N, P] per Gaussian -> {output: [B, N, k]}."""
+        hidden = self.trunk(torch.cat([latent, pos.expand(latent.shape[0], *pos.shape)], dim=-1))
+        out = {name: head(hidden) for name, head in self.heads.items()}
+        if self.basis is not None:
+            basis = self.basis(pos).unflatten(-1, (OUTPUT_DIMS["xyz"], latent.shape[-1]))   # [N, 3, D]
+            out["xyz"] = out["xyz"] + self.basis_scale * torch.einsum("ncd,bnd->bnc", basis, latent)
+        return out
 
 
 class MotionNetwork(nn.Module):
@@ -77,7 +97,7 @@ class MotionNetwork(nn.Module):
             v: UncertaintyBlock(pos_dim + self.view_dims[v], cfg.latent_dim, cfg.ensemble, cfg.hidden_dim)
             for v in self.views
         })
-        self.decoder = MultiHeadDecoder(cfg.latent_dim + pos_dim, cfg.hidden_dim, self.outputs)
+        self.decoder = MultiHeadDecoder(cfg.latent_dim, pos_dim, cfg.hidden_dim, self.outputs, cfg.motion_basis)
 
     def set_bounds(self, lo: Tensor, hi: Tensor) -> None:
         """Fit the position field's box to the canonical Gaussians."""
@@ -132,9 +152,7 @@ class MotionNetwork(nn.Module):
         else:
             fused = precision_fusion(mu, log_var)
 
-        pos_b = pos.expand(batch, n, pos.shape[-1]).flatten(0, 1)
-        out = self.decoder(torch.cat([fused.mean, pos_b], dim=-1))
-        out = {k: v.view(batch, n, -1) for k, v in out.items()}
+        out = self.decoder(fused.mean.reshape(batch, n, -1), pos)
 
         # calibrates the variance heads to each view's actual miss of the fused latent. The means are
         # detached: pulled onto the fused latent they would agree with whichever view dominates it,

@@ -85,6 +85,7 @@ class TrainOptions:
     max_gaussians: int | None = None   # default: the preset's (DEFAULT_MAX_GAUSSIANS)
     max_mouth_gaussians: int | None = None   # the inside-mouth set's own cap (default: none, it shares the budget)
     mouth_emotion: bool = False   # the inside-mouth branch reads the emotion view too (bench/RESULTS.md)
+    motion_basis: bool = False    # bilinear position-offset term in the decoders (deform.MultiHeadDecoder)
     # bookkeeping
     log_every: int = 25
     save_every: int = 1000
@@ -199,7 +200,8 @@ class Trainer:
         else:
             mouth_views = FACE_VIEWS if options.mouth_emotion else MOUTH_VIEWS
             self.cfg = replace(preset(options.preset), fusion=options.fusion, codebooks=options.codebooks,
-                               image_size=self.data.size, mouth_views=mouth_views)
+                               image_size=self.data.size, mouth_views=mouth_views,
+                               motion_basis=options.motion_basis)
             self.model = self._fresh_model()
         self.total = options.iterations or DEFAULT_ITERATIONS[self.cfg.preset]
         self.max_gaussians = options.max_gaussians or DEFAULT_MAX_GAUSSIANS[self.cfg.preset]
