@@ -83,8 +83,8 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
         train(a.data, a.out, TrainOptions(
             preset=a.preset, iterations=a.iterations, resume=a.resume, fusion=a.fusion,
             codebooks=not a.no_codebooks, size=a.size, device=a.device,
-            max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed, motion_basis=a.motion_basis,
-            flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight),
+            max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed,
+            motion_basis=a.motion_basis, flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight),
             evaluate=not a.no_eval, until=a.until, minutes=a.minutes)
     return run
 

@@ -45,8 +45,8 @@ class MultiHeadDecoder(nn.Module):
     With ``motion_basis`` the position offset also gets a bilinear term B(pos)·latent:
     each Gaussian reads its own 3 x D basis off its position features. A landmark-driven
     face moves as a blend of a few per-frame motions with fixed per-point weights, a
-    product that the trunk, with position and latent merely side by side, fits only
-    approximately (the lips moved 0.69 of the way without it; bench/RESULTS.md).
+    product that the trunk, with position and latent merely side by side, fits poorly
+    when most points are still (tests/test_deform.py; bench/RESULTS.md).
     """
 
     def __init__(self, latent_dim: int, pos_dim: int, hidden_dim: int, outputs: tuple[str, ...],
