@@ -263,3 +263,14 @@ def test_a_motion_basis_subject_trains_and_reloads(tiny_subject, tmp_path):
     assert all(torch.equal(value.cpu(), saved[key].cpu()) for key, value in model.state_dict().items())
     old = {k: v for k, v in model.cfg.to_dict().items() if k != "motion_basis"}
     assert ModelConfig.from_dict(old).motion_basis is False
+
+
+def test_stage2_at_sets_where_uncertainty_fusion_switches_to_the_whole_ensemble(tiny_subject, tmp_path):
+    """``--stage2-at 0`` trains with the whole ensemble from the first render step (no random
+    member per step); a share outside [0, 1] is a clear error."""
+    trainer = Trainer(tiny_subject, tmp_path / "s2", tiny_options(iterations=15, stage2_at=0.0))
+    trainer.run()
+    stages = {h["stage"] for h in trainer.history if "psnr" in h}
+    assert stages == {2}
+    with pytest.raises(ValueError, match="stage2_at is a share"):
+        Trainer(tiny_subject, tmp_path / "x", tiny_options(stage2_at=1.5))

@@ -71,6 +71,9 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
                         "(0: every Gaussian alike; see ua3dtalk/landmark_flow.py)")
     p.add_argument("--lip-weight", type=float, default=0.0,
                    help="extra image-loss weight inside the lip box (0: none)")
+    p.add_argument("--stage2-at", type=float, default=0.5,
+                   help="share of the iterations after which uncertainty fusion uses the whole ensemble "
+                        "(stage 2); before it, one random member per view (stage 1)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the initial Gaussians, the networks and the batches (to measure seed spread)")
     p.add_argument("--until", type=int, default=None,
@@ -84,7 +87,8 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
             preset=a.preset, iterations=a.iterations, resume=a.resume, fusion=a.fusion,
             codebooks=not a.no_codebooks, size=a.size, device=a.device,
             max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed,
-            motion_basis=a.motion_basis, flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight),
+            motion_basis=a.motion_basis, flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight,
+            stage2_at=a.stage2_at),
             evaluate=not a.no_eval, until=a.until, minutes=a.minutes)
     return run
 

@@ -183,6 +183,8 @@ class Trainer:
 
         if options.max_mouth_gaussians is not None and options.max_mouth_gaussians < 1:
             raise ValueError(f"max_mouth_gaussians must be positive, got {options.max_mouth_gaussians}")
+        if not 0.0 <= options.stage2_at <= 1.0:
+            raise ValueError(f"stage2_at is a share of the iterations in [0, 1], got {options.stage2_at}")
         self.opt = options
         self.out = Path(out)
         self.device = pick_device(options.device)
