@@ -48,13 +48,12 @@ def main() -> None:
     features = features.to(device, torch.float32)
     truth, _, landmarks = clip_ground_truth(data, clip, n)
 
-    face, mouth = model.face.opacity_raw, model.mouth.opacity_raw
-    kept = face.data.clone(), mouth.data.clone()
     layers = [render_clip(model, data, clip, features, None, max_frames=n)[0]]
-    for hide in (mouth, face):
-        hide.data.fill_(HIDDEN)
+    for hidden in (model.mouth.opacity_raw, model.face.opacity_raw):
+        kept = hidden.data.clone()
+        hidden.data.fill_(HIDDEN)
         layers.append(render_clip(model, data, clip, features, None, max_frames=n)[0])
-        face.data, mouth.data = kept[0].clone(), kept[1].clone()
+        hidden.data.copy_(kept)
 
     rows = []
     for i in args.frames:
