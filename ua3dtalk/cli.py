@@ -66,6 +66,9 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
                    help="the inside-mouth branch reads the emotion view too (default: the audio views only)")
     p.add_argument("--motion-basis", action="store_true",
                    help="decoders add a bilinear term: each Gaussian's own motion basis times the fused latent")
+    p.add_argument("--mouth-init-frames", type=int, default=0,
+                   help="draw the first inside-mouth Gaussians from this many wide-open frames, one per clip, "
+                        "largest mouth first (0: the first clip's widest-open frame)")
     p.add_argument("--flow-emphasis", type=float, default=0.0,
                    help="weight each landmark's motion target by its typical motion to this power "
                         "(0: every Gaussian alike; see ua3dtalk/landmark_flow.py)")
@@ -88,7 +91,7 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
             codebooks=not a.no_codebooks, size=a.size, device=a.device,
             max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed,
             motion_basis=a.motion_basis, flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight,
-            stage2_at=a.stage2_at),
+            stage2_at=a.stage2_at, mouth_init_frames=a.mouth_init_frames),
             evaluate=not a.no_eval, until=a.until, minutes=a.minutes)
     return run
 

@@ -86,6 +86,7 @@ class TrainOptions:
     max_mouth_gaussians: int | None = None   # the inside-mouth set's own cap (default: none, it shares the budget)
     mouth_emotion: bool = False   # the inside-mouth branch reads the emotion view too (bench/RESULTS.md)
     motion_basis: bool = False    # bilinear position-offset term in the decoders (deform.MultiHeadDecoder)
+    mouth_init_frames: int = 0    # frames the inside-mouth points come from (see mouth_source_frames)
     # bookkeeping
     log_every: int = 25
     save_every: int = 1000
@@ -130,13 +131,29 @@ def mouth_windows(images: Tensor, landmarks: Tensor) -> Tensor:
     return mouth_crops(images, centers, size=(48, 96), extent=(48 * scale, 96 * scale))[None]
 
 
-def initial_geometry(data: SubjectDataset, n_face: int, n_mouth: int, generator: torch.Generator
-                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def mouth_source_frames(data: SubjectDataset, count: int) -> list[int]:
+    """Training frames the inside-mouth points are drawn from. ``count`` 0: the
+    first clip's widest-open frame. ``count`` > 0: of each clip's widest-open
+    frame, the ``count`` with the largest mouth regions, so that the teeth of the
+    widest smiles have Gaussians from the start (from one narrow opening they
+    stay a strip that densification does not widen: bench/mouth_layers.py)."""
+    if count < 0:
+        raise ValueError(f"mouth_init_frames must be >= 0, got {count}")
+    widest = [max(data.clip_frames(c), key=lambda i: data.mouth_open[data.global_index(i)])
+              for c in range(len(data.clips) if count else 1)]
+    if not count:
+        return widest
+    area = {i: int((torch.as_tensor(data[i]["mask"]) == MOUTH_LABEL).sum()) for i in widest}
+    return sorted(widest, key=lambda i: -area[i])[:count]
+
+
+def initial_geometry(data: SubjectDataset, n_face: int, n_mouth: int, generator: torch.Generator,
+                     mouth_frames: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Face and mouth points (world) with colours, back-projected from training
     frames: pixel depths are interpolated from the landmarks' depths. Face points
     come from the first frame (the landmark motion targets are relative to it);
-    inside-mouth points from the first clip's widest-open frame, pushed behind
-    the lips, so that teeth and mouth interior have colours and extent before the
+    inside-mouth points from wide-open frames (``mouth_source_frames``), pushed
+    behind the lips, so that teeth and mouth interior have colours and extent before the
     lips ever part (from a closed mouth they would start as a line of lip pixels)."""
     from scipy.interpolate import griddata
 
@@ -168,11 +185,11 @@ def initial_geometry(data: SubjectDataset, n_face: int, n_mouth: int, generator:
         colors = image[:, ys[pick], xs[pick]].t()
         return points.float(), colors.float()
 
-    first_clip = data.clip_frames(0)
-    widest = max(first_clip, key=lambda i: data.mouth_open[data.global_index(i)])
     face_points, face_colors = sample(data[REFERENCE_FRAME], FACE_LABEL, n_face, 0.0)
-    mouth_points, mouth_colors = sample(data[widest], MOUTH_LABEL, n_mouth, 0.25)
-    return face_points, face_colors, mouth_points, mouth_colors
+    sources = mouth_source_frames(data, mouth_frames)
+    shares = [n_mouth // len(sources) + (k < n_mouth % len(sources)) for k in range(len(sources))]
+    mouth = [sample(data[i], MOUTH_LABEL, n, 0.25) for i, n in zip(sources, shares) if n]
+    return (face_points, face_colors, torch.cat([p for p, _ in mouth]), torch.cat([c for _, c in mouth]))
 
 
 class Trainer:
@@ -234,8 +251,8 @@ class Trainer:
     # -- set-up ---------------------------------------------------------------
     def _fresh_model(self) -> TalkingHead:
         model = TalkingHead(self.cfg).to(self.device)
-        face_p, face_c, mouth_p, mouth_c = initial_geometry(self.data, self.opt.face_points,
-                                                            self.opt.mouth_points, self.generator)
+        face_p, face_c, mouth_p, mouth_c = initial_geometry(self.data, self.opt.face_points, self.opt.mouth_points,
+                                                            self.generator, self.opt.mouth_init_frames)
         model.init_subject(face_p, mouth_p, self._person_plate(), self.data.K, self.data.viewmats,
                            torch.from_numpy(self.data.eye), face_c, mouth_c)
         return model.train()
