@@ -7,7 +7,8 @@ import torch
 
 from ua3dtalk.metrics import MOUTH
 from ua3dtalk.model import load_checkpoint
-from ua3dtalk.train import Trainer
+from ua3dtalk.data.dataset import MOUTH_LABEL, SubjectDataset
+from ua3dtalk.train import Trainer, initial_geometry, mouth_source_frames
 
 from subject_fixtures import tiny_options
 
@@ -223,6 +224,29 @@ def test_the_seed_sets_the_initial_subject(tiny_subject, tmp_path):
     assert not torch.equal(first["face.xyz"], other["face.xyz"])
     network = next(key for key, value in first.items() if key.startswith("face_net") and value.dim() == 2)
     assert not torch.equal(first[network], other[network])
+
+
+def test_the_inside_mouth_starts_from_every_clips_widest_opening(tiny_subject):
+    """The first inside-mouth Gaussians come from one wide-open frame per clip, largest
+    mouth first, shared out evenly; ``count`` keeps the largest."""
+    data = SubjectDataset(tiny_subject, split="train")
+    frames = mouth_source_frames(data)
+    clips = [data[i]["clip"] for i in frames]
+    assert len(set(clips)) == len(clips) == len(data.clips)
+    for i in frames:
+        in_clip = data.clip_frames(data[i]["clip"])
+        assert data.mouth_open[data.global_index(i)] == max(data.mouth_open[data.global_index(j)] for j in in_clip)
+    areas = [int((torch.as_tensor(data[i]["mask"]) == MOUTH_LABEL).sum()) for i in frames]
+    assert areas == sorted(areas, reverse=True) and areas[-1] > 0
+    assert mouth_source_frames(data, 2) == frames[:2]
+    with pytest.raises(ValueError, match="positive"):
+        mouth_source_frames(data, 0)
+
+    n_mouth = 7 * len(frames) + 1
+    one = initial_geometry(data, 20, n_mouth, torch.Generator().manual_seed(0), mouth_frames=1)[2]
+    spread = initial_geometry(data, 20, n_mouth, torch.Generator().manual_seed(0))[2]
+    assert len(one) == len(spread) == n_mouth
+    assert not torch.equal(one, spread)
 
 
 def test_lip_emphasis_weights_the_lips_in_both_losses(tiny_subject, tmp_path):

@@ -66,9 +66,9 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
                    help="the inside-mouth branch reads the emotion view too (default: the audio views only)")
     p.add_argument("--motion-basis", action="store_true",
                    help="decoders add a bilinear term: each Gaussian's own motion basis times the fused latent")
-    p.add_argument("--mouth-init-frames", type=int, default=0,
-                   help="draw the first inside-mouth Gaussians from this many wide-open frames, one per clip, "
-                        "largest mouth first (0: the first clip's widest-open frame)")
+    p.add_argument("--mouth-init-frames", type=int, default=None,
+                   help="draw the first inside-mouth Gaussians from this many clips' widest-open frames, "
+                        "largest mouth first (default: every training clip's)")
     p.add_argument("--flow-emphasis", type=float, default=0.0,
                    help="weight each landmark's motion target by its typical motion to this power "
                         "(0: every Gaussian alike; see ua3dtalk/landmark_flow.py)")

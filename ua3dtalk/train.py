@@ -86,7 +86,7 @@ class TrainOptions:
     max_mouth_gaussians: int | None = None   # the inside-mouth set's own cap (default: none, it shares the budget)
     mouth_emotion: bool = False   # the inside-mouth branch reads the emotion view too (bench/RESULTS.md)
     motion_basis: bool = False    # bilinear position-offset term in the decoders (deform.MultiHeadDecoder)
-    mouth_init_frames: int = 0    # frames the inside-mouth points come from (see mouth_source_frames)
+    mouth_init_frames: int | None = None   # wide-open frames the inside-mouth points come from (default: one per clip)
     # bookkeeping
     log_every: int = 25
     save_every: int = 1000
@@ -131,24 +131,25 @@ def mouth_windows(images: Tensor, landmarks: Tensor) -> Tensor:
     return mouth_crops(images, centers, size=(48, 96), extent=(48 * scale, 96 * scale))[None]
 
 
-def mouth_source_frames(data: SubjectDataset, count: int) -> list[int]:
-    """Training frames the inside-mouth points are drawn from. ``count`` 0: the
-    first clip's widest-open frame. ``count`` > 0: of each clip's widest-open
-    frame, the ``count`` with the largest mouth regions, so that the teeth of the
-    widest smiles have Gaussians from the start (from one narrow opening they
-    stay a strip that densification does not widen: bench/mouth_layers.py)."""
-    if count < 0:
-        raise ValueError(f"mouth_init_frames must be >= 0, got {count}")
+def mouth_source_frames(data: SubjectDataset, count: int | None = None) -> list[int]:
+    """Training frames the inside-mouth points are drawn from: each clip's
+    widest-open frame, largest mouth region first (the first ``count`` of them;
+    default all). From a single opening the teeth of wider smiles had no
+    Gaussians, and densification did not widen them (bench/mouth_layers.py)."""
+    if count is not None and count < 1:
+        raise ValueError(f"mouth_init_frames must be positive, got {count}")
     widest = [max(data.clip_frames(c), key=lambda i: data.mouth_open[data.global_index(i)])
-              for c in range(len(data.clips) if count else 1)]
-    if not count:
-        return widest
+              for c in range(len(data.clips))]
     area = {i: int((torch.as_tensor(data[i]["mask"]) == MOUTH_LABEL).sum()) for i in widest}
-    return sorted(widest, key=lambda i: -area[i])[:count]
+    open_frames = sorted((i for i in widest if area[i]), key=lambda i: -area[i])
+    if not open_frames:
+        raise ValueError("no training clip shows the inside of the mouth (no pixels labelled "
+                         f"{MOUTH_LABEL} in any clip's widest-open frame)")
+    return open_frames[:count]
 
 
 def initial_geometry(data: SubjectDataset, n_face: int, n_mouth: int, generator: torch.Generator,
-                     mouth_frames: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                     mouth_frames: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Face and mouth points (world) with colours, back-projected from training
     frames: pixel depths are interpolated from the landmarks' depths. Face points
     come from the first frame (the landmark motion targets are relative to it);
