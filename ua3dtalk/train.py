@@ -154,8 +154,9 @@ def initial_geometry(data: SubjectDataset, n_face: int, n_mouth: int, generator:
     frames: pixel depths are interpolated from the landmarks' depths. Face points
     come from the first frame (the landmark motion targets are relative to it);
     inside-mouth points from wide-open frames (``mouth_source_frames``), pushed
-    behind the lips, so that teeth and mouth interior have colours and extent before the
-    lips ever part (from a closed mouth they would start as a line of lip pixels)."""
+    behind the lips, so that teeth and mouth interior have colours and extent
+    before the lips ever part (from a closed mouth they would start as a line of
+    lip pixels)."""
     from scipy.interpolate import griddata
 
     K = data.K.double()
