@@ -8,7 +8,7 @@ import torch
 from ua3dtalk.metrics import MOUTH
 from ua3dtalk.model import load_checkpoint
 from ua3dtalk.data.dataset import MOUTH_LABEL, SubjectDataset
-from ua3dtalk.train import Trainer, initial_geometry, mouth_source_frames
+from ua3dtalk.train import Batches, Trainer, initial_geometry, mouth_source_frames
 
 from subject_fixtures import tiny_options
 
@@ -298,3 +298,21 @@ def test_stage2_at_sets_where_uncertainty_fusion_switches_to_the_whole_ensemble(
     assert stages == {2}
     with pytest.raises(ValueError, match="stage2_at is a share"):
         Trainer(tiny_subject, tmp_path / "x", tiny_options(stage2_at=1.5))
+
+
+def test_batches_are_windows_of_one_clip_and_short_clips_are_reported(tiny_subject):
+    """A step renders ``frames_per_step`` consecutive frames of one clip; clips shorter than
+    that are left out of the batches with a warning, never silently."""
+    data = SubjectDataset(tiny_subject, "train", size=64)
+    lengths = sorted(len(data.clip_frames(c)) for c in range(len(data.clips)))
+    batches = Batches(data, lengths[0], torch.Generator().manual_seed(0))
+    for _ in range(20):
+        window = batches.draw()
+        assert len(window) == lengths[0] and np.all(np.diff(window) == 1)
+        assert len({data[i]["clip"] for i in window}) == 1
+    assert len(lengths) > 1 and lengths[0] < lengths[-1]
+    with pytest.warns(UserWarning, match="shorter than"):
+        longest = Batches(data, lengths[-1], torch.Generator().manual_seed(0))
+    assert len(longest.clips) == lengths.count(lengths[-1])
+    with pytest.raises(ValueError, match="no training clip"):
+        Batches(data, lengths[-1] + 1, torch.Generator())

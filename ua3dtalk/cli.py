@@ -77,6 +77,9 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--stage2-at", type=float, default=0.5,
                    help="share of the iterations after which uncertainty fusion uses the whole ensemble "
                         "(stage 2); before it, one random member per view (stage 1)")
+    p.add_argument("--frames-per-step", type=int, default=10,
+                   help="consecutive frames of one clip rendered per step (at least the lip expert's window; "
+                        "a step is bound by kernel launches, so more frames cost little more time)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the initial Gaussians, the networks and the batches (to measure seed spread)")
     p.add_argument("--until", type=int, default=None,
@@ -91,7 +94,8 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
             codebooks=not a.no_codebooks, size=a.size, device=a.device,
             max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed,
             motion_basis=a.motion_basis, flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight,
-            stage2_at=a.stage2_at, mouth_init_frames=a.mouth_init_frames),
+            stage2_at=a.stage2_at, mouth_init_frames=a.mouth_init_frames,
+            frames_per_step=a.frames_per_step),
             evaluate=not a.no_eval, until=a.until, minutes=a.minutes)
     return run
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -103,6 +104,9 @@ class Batches:
         self.clips = [c for c in range(len(data.clips)) if len(data.clip_frames(c)) >= window]
         if not self.clips:
             raise ValueError(f"no training clip has {window} frames")
+        if len(self.clips) < len(data.clips):
+            warnings.warn(f"{len(data.clips) - len(self.clips)} of {len(data.clips)} training clips are shorter "
+                          f"than {window} frames and are left out of the batches", stacklevel=2)
 
     def draw(self) -> list[int]:
         clip = self.clips[int(torch.randint(len(self.clips), (1,), generator=self.generator))]
