@@ -135,15 +135,10 @@ class TalkingHead(nn.Module):
         cfg = self.cfg
         size = size or self.background.shape[-1]
         fusion = fusion or cfg.fusion
-        prior = self.prior(cond.features, cond.frames)
-        emotion = self.emotion(cond.features, cond.frames, cond.emotion, cond.intensity, cond.face_crops)
-        audio_view = torch.cat([prior["audio"], cond.eye[:, None].to(prior["audio"])], dim=-1)
-        raw = {"audio": audio_view, "content": prior["content"], "style": prior["style"]}
-        views = {name: self.view_norms[name](feat) for name, feat in raw.items()}
-        embedding = self.view_norms["emotion"](emotion["embedding"])
-        face = self.face_net(self.face.xyz, self._with_emotion(views, self.face.xyz, embedding),
+        views, embedding, emotion = self.frame_views(cond)
+        face = self.face_net(self.face.xyz, self.with_emotion(views, self.face.xyz, embedding),
                              fusion=fusion, stage=stage)
-        mouth_views = self._with_emotion(views, self.mouth.xyz, embedding) if "emotion" in cfg.mouth_views else views
+        mouth_views = self.with_emotion(views, self.mouth.xyz, embedding) if "emotion" in cfg.mouth_views else views
         mouth = self.mouth_net(self.mouth.xyz, mouth_views, fusion=fusion, stage=stage)
 
         batch = cond.frames.shape[0]
@@ -174,7 +169,17 @@ class TalkingHead(nn.Module):
         return ModelOutput(image=image, alpha=out.alpha, uncertainty=maps, means2d=out.means2d,
                            radii=out.radii, face=face, mouth=mouth, emotion=emotion)
 
-    def _with_emotion(self, views: dict[str, Tensor], xyz: Tensor, embedding: Tensor
+    def frame_views(self, cond: Conditioning) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
+        """The per-frame views both motion networks read (audio with the eye openness, content,
+        style; normalised), the normalised emotion embedding, and the emotion module's outputs."""
+        prior = self.prior(cond.features, cond.frames)
+        emotion = self.emotion(cond.features, cond.frames, cond.emotion, cond.intensity, cond.face_crops)
+        audio_view = torch.cat([prior["audio"], cond.eye[:, None].to(prior["audio"])], dim=-1)
+        raw = {"audio": audio_view, "content": prior["content"], "style": prior["style"]}
+        views = {name: self.view_norms[name](feat) for name, feat in raw.items()}
+        return views, self.view_norms["emotion"](emotion["embedding"]), emotion
+
+    def with_emotion(self, views: dict[str, Tensor], xyz: Tensor, embedding: Tensor
                       ) -> dict[str, Tensor | tuple[Tensor, Tensor]]:
         """The views plus the emotion view at these Gaussians: their code-book features beside the embedding."""
         return {**views, "emotion": (self.emotion.encoding(xyz, embedding), embedding)}

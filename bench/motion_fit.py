@@ -1,0 +1,188 @@
+"""How much of the lips' landmark motion can the face branch reproduce, and from what?
+
+    python bench/motion_fit.py --subject checkpoints/demo --data data/demo [--steps 600]
+
+The landmark flow (ua3dtalk/landmark_flow.py) gives each face Gaussian a target
+image motion per frame. This bench asks how closely the face branch's offsets
+follow it on the Gaussians bound mostly to lip landmarks, and on the rest of
+the face (a sample of each), on training frames and on held-out ones: the
+slope of fitted on target motion (1 = full amplitude) and the relative error.
+Rows:
+
+- trained subject: the subject's own face branch and views, as trained (image,
+  flow and the other losses together);
+- refit on its views: a fresh face branch (same sizes and fusion) fitted to the
+  flow alone, reading the subject's trained per-frame views, frozen;
+- oracle code, per tri-plane layout: a fresh face branch (uniform fusion of one
+  view) reading each frame's own landmark motion (PCA to the latent size; fitted
+  on training frames), so that it could reproduce the target exactly: what the
+  position field and decoder can represent at that resolution.
+
+The refits run ``--steps`` Adam steps of ``--batch`` training frames at the
+training rates.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import torch
+from torch import Tensor
+
+from ua3dtalk import audio as audio_io
+from ua3dtalk.config import EMOTIONS
+from ua3dtalk.data.dataset import SubjectDataset
+from ua3dtalk.deform import MotionNetwork, face_network
+from ua3dtalk.evaluate import items_conditioning
+from ua3dtalk.landmark_flow import LandmarkFlow, project
+from ua3dtalk.metrics import MOUTH
+from ua3dtalk.model import TalkingHead, load_checkpoint
+from ua3dtalk.train import FIELD_LR, NETWORK_LR, REFERENCE_FRAME
+
+LAYOUTS = {"32; 1, 2 (demo)": (32, (1, 2)), "32; 1, 2, 4": (32, (1, 2, 4)), "64; 1, 2": (64, (1, 2)),
+           "64; 1, 2, 4, 8 (paper)": (64, (1, 2, 4, 8))}
+
+
+class Frames:
+    """One split's frames: landmark motion targets, cameras and the subject's per-frame views."""
+
+    def __init__(self, model: TalkingHead, data: SubjectDataset, flow: LandmarkFlow) -> None:
+        rows = [data.global_index(i) for i in range(len(data))]
+        self.landmarks = torch.from_numpy(data.landmarks[rows, :, :2]).float() * data.size / data.source_size
+        self.viewmats = data.viewmats[rows].float()
+        self.motion = flow.motion(self.landmarks, self.viewmats) - flow.reference_motion      # [T, L, 2]
+        extractor = audio_io.get_extractor(model.cfg.audio_features, device="cpu")
+        views, embeddings = [], []
+        with torch.no_grad():
+            for clip, info in enumerate(data.clips):
+                frames = data.clip_frames(clip)
+                items = [{"frame": i - frames.start, "viewmat": data.viewmats[data.global_index(i)],
+                          "eye": data.eye[data.global_index(i)], "emotion": EMOTIONS.index(info.emotion),
+                          "intensity": info.intensity} for i in frames]
+                cond = items_conditioning(items, extractor(data.audio(clip)[0]).float())
+                clip_views, embedding, _ = model.frame_views(cond)
+                views.append(clip_views)
+                embeddings.append(embedding)
+        self.views = {name: torch.cat([v[name] for v in views]) for name in views[0]}
+        self.embedding = torch.cat(embeddings)
+
+    def __len__(self) -> int:
+        return len(self.viewmats)
+
+
+def oracle_codes(train: Tensor, test: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """Landmark motion [T, L, 2] of both splits -> standardised PCA codes [T, dim], fitted on ``train``."""
+    flat_train, flat_test = train.flatten(1), test.flatten(1)
+    mean = flat_train.mean(0)
+    _, _, v = torch.linalg.svd(flat_train - mean, full_matrices=False)
+    codes_train, codes_test = (flat_train - mean) @ v[:dim].t(), (flat_test - mean) @ v[:dim].t()
+    std = codes_train.std(0).clamp_min(1e-6)
+    return codes_train / std, codes_test / std
+
+
+def train_network(net: MotionNetwork, offsets, frames: Frames, xyz, flow, binding, size: int,  # noqa: ANN001
+                  steps: int, batch: int, seed: int) -> None:
+    """Adam on the flow loss alone, at the training rates (fields 10x the networks')."""
+    fields = list(net.field.parameters())
+    in_field = {id(p) for p in fields}
+    optimizer = torch.optim.Adam([{"params": fields, "lr": FIELD_LR},
+                                  {"params": [p for p in net.parameters() if id(p) not in in_field],
+                                   "lr": NETWORK_LR}], eps=1e-15)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        chosen = torch.randint(len(frames), (batch,), generator=generator)
+        loss = flow.loss(xyz, offsets(chosen), binding, frames.landmarks[chosen], frames.viewmats[chosen], size)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+@torch.no_grad()
+def agreement(offsets, frames: Frames, xyz, binding, K, lips, stride: int) -> list[str]:  # noqa: ANN001
+    """Slope and relative error of the offsets' image motion against the flow targets, lips then rest."""
+    index, weight = binding
+    fitted, target = [], []
+    for chosen in torch.arange(0, len(frames), stride).split(64):
+        viewmats = frames.viewmats[chosen]
+        fitted.append(project(xyz + offsets(chosen), viewmats, K) - project(xyz, viewmats, K))
+        target.append((frames.motion[chosen][:, index] * weight[None, :, :, None]).sum(2))
+    fitted, target = torch.cat(fitted), torch.cat(target)
+    cells = []
+    for part in (lips, ~lips):
+        f, t = fitted[:, part].flatten(), target[:, part].flatten()
+        cells.append(f"{float((f * t).sum() / (t * t).sum()):.2f} / {float((f - t).norm() / t.norm()):.2f}")
+    return cells
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--subject", default="checkpoints/demo")
+    ap.add_argument("--data", default="data/demo")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=4, help="frames per step")
+    ap.add_argument("--points", type=int, default=4000, help="face Gaussians: half on the lips, half elsewhere")
+    ap.add_argument("--frame-stride", type=int, default=4, help="frames measured: every Nth of each split")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layouts", nargs="*", default=list(LAYOUTS), choices=list(LAYOUTS))
+    args = ap.parse_args()
+
+    model = load_checkpoint(args.subject).eval()
+    train_data, test_data = SubjectDataset(args.data, "train"), SubjectDataset(args.data, "heldout")
+    size, K = train_data.size, train_data.K.float()
+    reference = train_data[REFERENCE_FRAME]
+    flow = LandmarkFlow(train_data.canonical.float(), K, reference["landmarks"].float(),
+                        torch.as_tensor(reference["viewmat"]).float())
+    index, weight = flow.bind(model.face.xyz.detach())
+    on_lips = (weight * torch.isin(index, torch.tensor(MOUTH))).sum(1) > 0.5   # mostly tied to lip landmarks
+    generator = torch.Generator().manual_seed(args.seed)
+    keep = torch.cat([part[torch.randperm(len(part), generator=generator)[:args.points // 2]]
+                      for part in (torch.nonzero(on_lips).squeeze(1), torch.nonzero(~on_lips).squeeze(1))])
+    xyz, lips = model.face.xyz.detach()[keep], on_lips[keep]
+    binding = flow.bind(xyz)
+    train, test = Frames(model, train_data, flow), Frames(model, test_data, flow)
+    print(f"{args.subject}: {len(xyz)} face Gaussians ({int(lips.sum())} on the lips), {len(train)} training and "
+          f"{len(test)} held-out frames (every {args.frame_stride}th measured); refits: {args.steps} steps of "
+          f"{args.batch} frames; CPU\n")
+    print("| face branch | training: lips slope / rel. error | training: rest | held out: lips | held out: rest "
+          "| seconds |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+
+    def report(name: str, net: MotionNetwork, views, seconds: float, fusion: str) -> None:  # noqa: ANN001
+        cells = []
+        for frames in (train, test):
+            cells += agreement(lambda chosen: net(xyz, views(frames, chosen), fusion=fusion).d_xyz,
+                               frames, xyz, binding, K, lips, args.frame_stride)
+        print(f"| {name} | " + " | ".join(cells) + f" | {seconds:.0f} |", flush=True)
+
+    def subject_views(frames: Frames, chosen: Tensor) -> dict:
+        views = {name: v[chosen] for name, v in frames.views.items()}
+        with torch.no_grad():
+            return model.with_emotion(views, xyz, frames.embedding[chosen])
+
+    fusion = model.cfg.fusion
+    report("trained subject", model.face_net, subject_views, 0, fusion)
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    refit = face_network(model.cfg, model.face_net.view_dims)
+    refit.set_bounds(model.face_net.field.lo, model.face_net.field.hi)
+    train_network(refit, lambda chosen: refit(xyz, subject_views(train, chosen), fusion=fusion).d_xyz,
+                  train, xyz, flow, binding, size, args.steps, args.batch, args.seed)
+    report("refit on its views", refit, subject_views, time.perf_counter() - start, fusion)
+
+    codes = dict(zip((id(train), id(test)), oracle_codes(train.motion, test.motion, model.cfg.latent_dim)))
+    oracle = lambda frames, chosen: {"code": codes[id(frames)][chosen]}   # noqa: E731
+    for name in args.layouts:
+        torch.manual_seed(args.seed)
+        start = time.perf_counter()
+        resolution, multires = LAYOUTS[name]
+        net = MotionNetwork(replace(model.cfg, hexplane_resolution=resolution, hexplane_multires=multires),
+                            ("code",), {"code": model.cfg.latent_dim}, ("xyz",))
+        net.set_bounds(model.face_net.field.lo, model.face_net.field.hi)
+        train_network(net, lambda chosen: net(xyz, oracle(train, chosen), fusion="uniform").d_xyz,
+                      train, xyz, flow, binding, size, args.steps, args.batch, args.seed)
+        report(f"oracle code, tri-plane {name}", net, oracle, time.perf_counter() - start, "uniform")
+
+
+if __name__ == "__main__":
+    main()
