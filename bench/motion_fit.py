@@ -13,6 +13,10 @@ Rows:
   flow and the other losses together);
 - refit on its views: a fresh face branch (same sizes and fusion) fitted to the
   flow alone, reading the subject's trained per-frame views, frozen;
+- refit from the audio and the label: a fresh face branch fitted to the flow
+  alone with a fresh windowed audio net, reading that net's code beside the
+  emotion label (one-hot times intensity): what the audio path could carry if
+  it learnt from the flow directly;
 - oracle code, per tri-plane layout: a fresh face branch (uniform fusion of one
   view) reading each frame's own landmark motion (PCA to the latent size; fitted
   on training frames), so that it could reproduce the target exactly: what the
@@ -38,8 +42,10 @@ from ua3dtalk.evaluate import items_conditioning
 from ua3dtalk.landmark_flow import LandmarkFlow, project
 from ua3dtalk.metrics import MOUTH
 from ua3dtalk.model import TalkingHead, load_checkpoint
+from ua3dtalk.prior import AudioWindowNet
 from ua3dtalk.train import FIELD_LR, NETWORK_LR, REFERENCE_FRAME
 
+ROWS = ("subject", "refit", "heard", "oracle")
 LAYOUTS = {"32; 1, 2 (demo)": (32, (1, 2)), "32; 1, 2, 4": (32, (1, 2, 4)), "64; 1, 2": (64, (1, 2)),
            "64; 1, 2, 4, 8 (paper)": (64, (1, 2, 4, 8))}
 
@@ -53,7 +59,7 @@ class Frames:
         self.viewmats = data.viewmats[rows].float()
         self.motion = flow.motion(self.landmarks, self.viewmats) - flow.reference_motion      # [T, L, 2]
         extractor = audio_io.get_extractor(model.cfg.audio_features, device="cpu")
-        views, embeddings = [], []
+        views, embeddings, self.features, clip_of, frame_of, label = [], [], [], [], [], []
         with torch.no_grad():
             for clip, info in enumerate(data.clips):
                 frames = data.clip_frames(clip)
@@ -64,8 +70,14 @@ class Frames:
                 clip_views, embedding, _ = model.frame_views(cond)
                 views.append(clip_views)
                 embeddings.append(embedding)
+                self.features.append(cond.features)
+                clip_of += [clip] * len(frames)
+                frame_of += list(range(len(frames)))
+                label.append(torch.nn.functional.one_hot(cond.emotion, len(EMOTIONS)) * info.intensity)
         self.views = {name: torch.cat([v[name] for v in views]) for name in views[0]}
         self.embedding = torch.cat(embeddings)
+        self.clip_of, self.frame_of = torch.tensor(clip_of), torch.tensor(frame_of)
+        self.label = torch.cat(label).float()
 
     def __len__(self) -> int:
         return len(self.viewmats)
@@ -124,7 +136,8 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=4000, help="face Gaussians: half on the lips, half elsewhere")
     ap.add_argument("--frame-stride", type=int, default=4, help="frames measured: every Nth of each split")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--layouts", nargs="*", default=list(LAYOUTS), choices=list(LAYOUTS))
+    ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS), help="which rows to measure")
+    ap.add_argument("--layouts", nargs="*", default=list(LAYOUTS), choices=list(LAYOUTS), help="oracle rows' tri-planes")
     args = ap.parse_args()
 
     model = load_checkpoint(args.subject).eval()
@@ -160,28 +173,44 @@ def main() -> None:
         with torch.no_grad():
             return model.with_emotion(views, xyz, frames.embedding[chosen])
 
-    fusion = model.cfg.fusion
-    report("trained subject", model.face_net, subject_views, 0, fusion)
-    torch.manual_seed(args.seed)
-    start = time.perf_counter()
-    refit = face_network(model.cfg, model.face_net.view_dims)
-    refit.set_bounds(model.face_net.field.lo, model.face_net.field.hi)
-    train_network(refit, lambda chosen: refit(xyz, subject_views(train, chosen), fusion=fusion).d_xyz,
-                  train, xyz, flow, binding, size, args.steps, args.batch, args.seed)
-    report("refit on its views", refit, subject_views, time.perf_counter() - start, fusion)
-
-    codes = dict(zip((id(train), id(test)), oracle_codes(train.motion, test.motion, model.cfg.latent_dim)))
-    oracle = lambda frames, chosen: {"code": codes[id(frames)][chosen]}   # noqa: E731
-    for name in args.layouts:
+    def refit(name: str, build, views, fusion: str) -> None:  # noqa: ANN001
+        """A fresh branch (``build()``, seeded), fitted to the flow on training frames, then reported."""
         torch.manual_seed(args.seed)
         start = time.perf_counter()
-        resolution, multires = LAYOUTS[name]
-        net = MotionNetwork(replace(model.cfg, hexplane_resolution=resolution, hexplane_multires=multires),
-                            ("code",), {"code": model.cfg.latent_dim}, ("xyz",))
+        net = build()
         net.set_bounds(model.face_net.field.lo, model.face_net.field.hi)
-        train_network(net, lambda chosen: net(xyz, oracle(train, chosen), fusion="uniform").d_xyz,
+        train_network(net, lambda chosen: net(xyz, views(train, chosen), fusion=fusion).d_xyz,
                       train, xyz, flow, binding, size, args.steps, args.batch, args.seed)
-        report(f"oracle code, tri-plane {name}", net, oracle, time.perf_counter() - start, "uniform")
+        report(name, net, views, time.perf_counter() - start, fusion)
+
+    if "subject" in args.rows:
+        report("trained subject", model.face_net, subject_views, 0, model.cfg.fusion)
+    if "refit" in args.rows:
+        refit("refit on its views", lambda: face_network(model.cfg, model.face_net.view_dims), subject_views,
+              model.cfg.fusion)
+    if "heard" in args.rows:
+        audio: dict[str, AudioWindowNet] = {}
+
+        def heard_net() -> MotionNetwork:
+            net = MotionNetwork(model.cfg, ("heard",), {"heard": model.cfg.audio_feat_dim + len(EMOTIONS)}, ("xyz",))
+            net.audio_net = audio["net"] = AudioWindowNet(model.cfg)   # a submodule: trained with the branch
+            return net
+
+        def heard_views(frames: Frames, chosen: Tensor) -> dict[str, Tensor]:
+            codes = torch.cat([audio["net"](frames.features[int(frames.clip_of[i])], frames.frame_of[i:i + 1])
+                               for i in chosen])
+            return {"heard": torch.cat([codes, frames.label[chosen]], dim=-1)}
+
+        refit("refit from the audio and the label (a fresh audio net)", heard_net,
+              heard_views, "uniform")
+    if "oracle" in args.rows:
+        codes = dict(zip((id(train), id(test)), oracle_codes(train.motion, test.motion, model.cfg.latent_dim)))
+        for name in args.layouts:
+            resolution, multires = LAYOUTS[name]
+            layout = replace(model.cfg, hexplane_resolution=resolution, hexplane_multires=multires)
+            refit(f"oracle code, tri-plane {name}",
+                  lambda: MotionNetwork(layout, ("code",), {"code": model.cfg.latent_dim}, ("xyz",)),
+                  lambda frames, chosen: {"code": codes[id(frames)][chosen]}, "uniform")
 
 
 if __name__ == "__main__":
