@@ -78,8 +78,7 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
                    help="share of the iterations after which uncertainty fusion uses the whole ensemble "
                         "(stage 2); before it, one random member per view (stage 1)")
     p.add_argument("--frames-per-step", type=int, default=10,
-                   help="consecutive frames of one clip rendered per step (at least the lip expert's window; "
-                        "a step is bound by kernel launches, so more frames cost little more time)")
+                   help="consecutive frames of one clip rendered per step (at least the lip expert's window)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the initial Gaussians, the networks and the batches (to measure seed spread)")
     p.add_argument("--until", type=int, default=None,

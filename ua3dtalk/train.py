@@ -62,8 +62,8 @@ class TrainOptions:
     size: int | None = None
     device: str | None = None
     seed: int = 0
-    # consecutive frames of one clip rendered per step (the lip expert sees the middle ones); more
-    # frames cost little more time, as a step is bound by kernel launches rather than arithmetic
+    # consecutive frames of one clip rendered per step (the lip expert sees the middle ones); 20 at
+    # 512² took 1.8x the time and lost 0.4 dB held out (bench/RESULTS.md, sixteenth session)
     frames_per_step: int = 10
     # shares of the iterations
     priors_until: float = 0.1
