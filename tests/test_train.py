@@ -316,3 +316,24 @@ def test_batches_are_windows_of_one_clip_and_short_clips_are_reported(tiny_subje
     assert len(longest.clips) == lengths.count(lengths[-1])
     with pytest.raises(ValueError, match="no training clip"):
         Batches(data, lengths[-1] + 1, torch.Generator())
+
+
+def test_flow_priors_fit_the_face_branch_to_the_landmark_motion_before_rendering(tiny_subject, tmp_path):
+    """With ``flow_priors`` the priors phase trains the face branch (and the views) on the landmark
+    flow, which then falls; without it the face branch waits for the render phases."""
+    def after_priors(flow_priors: bool) -> tuple[Trainer, dict[str, torch.Tensor]]:
+        trainer = Trainer(tiny_subject, tmp_path / str(flow_priors), tiny_options(iterations=120, flow_priors=flow_priors))
+        before = {k: v.clone() for k, v in trainer.model.face_net.state_dict().items()}
+        trainer.run(until=trainer._first_render_step())
+        assert {h["phase"] for h in trainer.history} == {"priors"}
+        return trainer, before
+
+    trainer, before = after_priors(True)
+    after = trainer.model.face_net.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    flows = [h["flow"] for h in trainer.history]
+    assert len(flows) == 12 and np.mean(flows[-3:]) < np.mean(flows[:3]), flows
+    trainer, before = after_priors(False)
+    after = trainer.model.face_net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all("flow" not in h for h in trainer.history)

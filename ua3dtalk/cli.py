@@ -72,6 +72,9 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--flow-emphasis", type=float, default=0.0,
                    help="weight each landmark's motion target by its typical motion to this power "
                         "(0: every Gaussian alike; see ua3dtalk/landmark_flow.py)")
+    p.add_argument("--flow-priors", action="store_true",
+                   help="the priors phase also fits the face branch and its views to the landmark motion "
+                        "(no rendering), so the audio path learns the lips' motion before the render phases")
     p.add_argument("--lip-weight", type=float, default=0.0,
                    help="extra image-loss weight inside the lip box (0: none)")
     p.add_argument("--stage2-at", type=float, default=0.5,
@@ -94,7 +97,7 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
             max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed,
             motion_basis=a.motion_basis, flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight,
             stage2_at=a.stage2_at, mouth_init_frames=a.mouth_init_frames,
-            frames_per_step=a.frames_per_step),
+            frames_per_step=a.frames_per_step, flow_priors=a.flow_priors),
             evaluate=not a.no_eval, until=a.until, minutes=a.minutes)
     return run
 

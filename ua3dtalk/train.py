@@ -77,6 +77,7 @@ class TrainOptions:
     nll_weight: float = 0.01
     deform_weight: float = 1e-3
     flow_weight: float = 5.0       # landmark-guided motion (ua3dtalk.landmark_flow)
+    flow_priors: bool = False      # the priors phase also fits the views and face branch to that motion
     flow_emphasis: float = 0.0     # weight each landmark's flow term by its typical motion ** this
     lip_weight: float = 0.0        # extra image-loss weight inside the lip box (face and fusion phases)
     # densification (in render iterations)
@@ -324,7 +325,7 @@ class Trainer:
 
     def _trainable(self, phase: str) -> set[str]:
         return {
-            "priors": {"prior", "emotion"},
+            "priors": {"prior", "emotion", "face_net"} if self.opt.flow_priors else {"prior", "emotion"},
             # the windowed audio net and style encoder learn from the image loss
             # (the lip expert inside ``prior`` stays frozen: see _zero_frozen_grads)
             "mouth": {"mouth", "mouth_net", "prior"},
@@ -370,12 +371,33 @@ class Trainer:
             ce = ce + F.cross_entropy(out["audio_logits"], cond.emotion) + F.cross_entropy(out["visual_logits"], cond.emotion)
         sync = expert.loss(torch.cat(audio_emb), torch.cat(mouth_emb))
         ce = ce / windows
-        return sync + ce, {"sync": sync.item(), "emotion_ce": ce.item()}
+        stats = {"sync": sync.item(), "emotion_ce": ce.item()}
+        if not self.opt.flow_priors:
+            return sync + ce, stats
+        flow = self._flow_prior_loss()
+        stats["flow"] = flow.item()
+        return sync + ce + self.opt.flow_weight * flow, stats
+
+    def _flow_prior_loss(self) -> Tensor:
+        """The landmark flow alone, for the face branch and the views it reads, without rendering: a
+        flow-trained audio path carries far more of the lips' motion than one trained through the
+        render phases (bench/motion_fit.py; bench/RESULTS.md, sixteenth session)."""
+        batch, cond = self._batch()
+        model = self.model
+        views, embedding, _ = model.frame_views(cond)
+        face = model.face_net(model.face.xyz, model.with_emotion(views, model.face.xyz, embedding),
+                              fusion=self.cfg.fusion, stage=self._stage())
+        return self.flow.loss(model.face.xyz.detach(), face.d_xyz, self.face_binding, batch["landmarks"].float(),
+                              batch["viewmat"].float(), self.data.size)
+
+    def _stage(self) -> int:
+        """Uncertainty fusion's stage at this step: one random member per view (1), or the whole ensemble (2)."""
+        return 2 if self.step >= self.total * self.opt.stage2_at else 1
 
     def _render_loss(self, batch: dict[str, Tensor], cond: Conditioning, phase: str
                      ) -> tuple[Tensor, dict[str, float], object]:
         o, size = self.opt, self.data.size
-        stage = 2 if self.step >= self.total * o.stage2_at else 1
+        stage = self._stage()
         out = self.model(cond, size=size, stage=stage, with_maps=False)
         out.means2d.retain_grad()
         pred = out.image.permute(0, 3, 1, 2)
