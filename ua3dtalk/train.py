@@ -387,8 +387,13 @@ class Trainer:
         views, embedding, _ = model.frame_views(cond)
         face = model.face_net(model.face.xyz, model.with_emotion(views, model.face.xyz, embedding),
                               fusion=self.cfg.fusion, stage=self._stage())
-        return self.flow.loss(model.face.xyz.detach(), face.d_xyz, self.face_binding, batch["landmarks"].float(),
-                              batch["viewmat"].float(), self.data.size)
+        return self._flow_loss(batch, face.d_xyz)
+
+    def _flow_loss(self, batch: dict[str, Tensor], face_offsets: Tensor) -> Tensor:
+        """The landmark flow term of the face Gaussians' offsets (the face only: teeth and tongue do
+        not follow the skin; the image loss moves them)."""
+        return self.flow.loss(self.model.face.xyz.detach(), face_offsets, self.face_binding,
+                              batch["landmarks"].float(), batch["viewmat"].float(), self.data.size)
 
     def _stage(self) -> int:
         """Uncertainty fusion's stage at this step: one random member per view (1), or the whole ensemble (2)."""
@@ -424,9 +429,7 @@ class Trainer:
         distill = out.emotion["distill"]
         nll = out.face.nll + out.mouth.nll
         deform = out.face.d_xyz.pow(2).mean() + out.mouth.d_xyz.pow(2).mean()
-        landmarks, viewmats = batch["landmarks"].float(), batch["viewmat"].float()
-        # the face only: teeth and tongue do not follow the skin (the image loss moves them)
-        flow = self.flow.loss(self.model.face.xyz.detach(), out.face.d_xyz, self.face_binding, landmarks, viewmats, size)
+        flow = self._flow_loss(batch, out.face.d_xyz)
         loss = loss + o.sync_weight * sync + o.distill_weight * distill + o.nll_weight * nll + \
             o.deform_weight * deform + o.flow_weight * flow
         with torch.no_grad():
