@@ -319,21 +319,27 @@ def test_batches_are_windows_of_one_clip_and_short_clips_are_reported(tiny_subje
 
 
 def test_flow_priors_fit_the_face_branch_to_the_landmark_motion_before_rendering(tiny_subject, tmp_path):
-    """With ``flow_priors`` the priors phase trains the face branch (and the views) on the landmark
-    flow, which then falls; without it the face branch waits for the render phases."""
-    def after_priors(flow_priors: bool) -> tuple[Trainer, dict[str, torch.Tensor]]:
+    """``flow_priors=N`` adds N steps to the priors phase, in which the face branch (and the views)
+    then learn the landmark flow, which falls; the staged phases after it keep their lengths. Without
+    it the face branch waits for the render phases."""
+    def after_priors(flow_priors: int) -> tuple[Trainer, dict[str, torch.Tensor]]:
         trainer = Trainer(tiny_subject, tmp_path / str(flow_priors), tiny_options(iterations=120, flow_priors=flow_priors))
         before = {k: v.clone() for k, v in trainer.model.face_net.state_dict().items()}
         trainer.run(until=trainer._first_render_step())
         assert {h["phase"] for h in trainer.history} == {"priors"}
         return trainer, before
 
-    trainer, before = after_priors(True)
+    trainer, before = after_priors(8)
+    assert trainer.total == 128 and trainer.step == 8 + 12
+    assert [trainer.phase(s) for s in (19, 20, 20 + 12, 20 + 11)] == ["priors", "mouth", "face", "mouth"]
     after = trainer.model.face_net.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     flows = [h["flow"] for h in trainer.history]
-    assert len(flows) == 12 and np.mean(flows[-3:]) < np.mean(flows[:3]), flows
-    trainer, before = after_priors(False)
+    assert len(flows) == 20 and np.mean(flows[-3:]) < np.mean(flows[:3]), flows
+    trainer, before = after_priors(0)
+    assert trainer.total == 120 and trainer.step == 12
     after = trainer.model.face_net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all("flow" not in h for h in trainer.history)
+    with pytest.raises(ValueError, match="flow_priors"):
+        Trainer(tiny_subject, tmp_path / "x", tiny_options(flow_priors=-1))

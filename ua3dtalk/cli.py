@@ -72,9 +72,10 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--flow-emphasis", type=float, default=0.0,
                    help="weight each landmark's motion target by its typical motion to this power "
                         "(0: every Gaussian alike; see ua3dtalk/landmark_flow.py)")
-    p.add_argument("--flow-priors", action="store_true",
-                   help="the priors phase also fits the face branch and its views to the landmark motion "
-                        "(no rendering), so the audio path learns the lips' motion before the render phases")
+    p.add_argument("--flow-priors", type=int, default=0, metavar="STEPS",
+                   help="add STEPS to the priors phase, which then also fits the face branch and its views to "
+                        "the landmark motion (no rendering), so that the audio path learns the lips' motion "
+                        "before the render phases (default 0: off)")
     p.add_argument("--lip-weight", type=float, default=0.0,
                    help="extra image-loss weight inside the lip box (0: none)")
     p.add_argument("--stage2-at", type=float, default=0.5,

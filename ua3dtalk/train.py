@@ -77,7 +77,9 @@ class TrainOptions:
     nll_weight: float = 0.01
     deform_weight: float = 1e-3
     flow_weight: float = 5.0       # landmark-guided motion (ua3dtalk.landmark_flow)
-    flow_priors: bool = False      # the priors phase also fits the views and face branch to that motion
+    # steps added before the schedule's priors phase; with any, the whole priors phase also fits the
+    # face branch and its views to that motion (no rendering: a step costs little)
+    flow_priors: int = 0
     flow_emphasis: float = 0.0     # weight each landmark's flow term by its typical motion ** this
     lip_weight: float = 0.0        # extra image-loss weight inside the lip box (face and fusion phases)
     # densification (in render iterations)
@@ -229,7 +231,10 @@ class Trainer:
                                image_size=self.data.size, mouth_views=mouth_views,
                                motion_basis=options.motion_basis)
             self.model = self._fresh_model()
-        self.total = options.iterations or DEFAULT_ITERATIONS[self.cfg.preset]
+        if options.flow_priors < 0:
+            raise ValueError(f"flow_priors must be 0 or more steps, got {options.flow_priors}")
+        self.scheduled = options.iterations or DEFAULT_ITERATIONS[self.cfg.preset]
+        self.total = options.flow_priors + self.scheduled
         self.max_gaussians = options.max_gaussians or DEFAULT_MAX_GAUSSIANS[self.cfg.preset]
         self.extractor = audio_io.get_extractor(self.cfg.audio_features, device=str(self.device))
         audio_io.check_features(self.cfg.audio_features, self.cfg.audio_dim, self.extractor)
@@ -300,9 +305,14 @@ class Trainer:
             group["base_lr"] = group["lr"]
         return torch.optim.Adam(groups, eps=1e-15)
 
+    def _share(self, step: int) -> float:
+        """How far a step is into the staged schedule (whose shares place the phases); the added
+        flow-prior steps come before it."""
+        return max(step - self.opt.flow_priors, 0) / self.scheduled
+
     def _first_render_step(self) -> int:
-        """The first step after the priors phase (a whole number even when total x priors_until is not)."""
-        return math.ceil(self.total * self.opt.priors_until)
+        """The first step after the priors phase (a whole number even when a share of the schedule is not)."""
+        return self.opt.flow_priors + math.ceil(self.scheduled * self.opt.priors_until)
 
     def _decay_learning_rates(self) -> None:
         """Exponential decay over the rendering steps, a function of the step alone (so resuming is
@@ -315,9 +325,9 @@ class Trainer:
 
     # -- phases ---------------------------------------------------------------
     def phase(self, step: int) -> str:
-        share = step / self.total
+        share = self._share(step)
         o = self.opt
-        if share < o.priors_until:
+        if step < o.flow_priors or share < o.priors_until:
             return "priors"
         if share < o.mouth_until:
             return "mouth"
@@ -397,7 +407,7 @@ class Trainer:
 
     def _stage(self) -> int:
         """Uncertainty fusion's stage at this step: one random member per view (1), or the whole ensemble (2)."""
-        return 2 if self.step >= self.total * self.opt.stage2_at else 1
+        return 2 if self._share(self.step) >= self.opt.stage2_at else 1
 
     def _render_loss(self, batch: dict[str, Tensor], cond: Conditioning, phase: str
                      ) -> tuple[Tensor, dict[str, float], object]:
@@ -452,7 +462,7 @@ class Trainer:
             if part not in self._trainable(phase):
                 continue
             density.accumulate(grad[:, lo:hi], out.radii[:, lo:hi], size, size)
-            if due and self.step < self.total * o.densify_until and (room := self._room(part)) > 0:
+            if due and self._share(self.step) < o.densify_until and (room := self._room(part)) > 0:
                 density.densify_and_prune(grad_threshold=o.grad_threshold, min_opacity=0.005,
                                           extent=self._extent(), max_screen_size=size / 4, max_new=room)
                 if part == "face":
