@@ -343,3 +343,25 @@ def test_flow_priors_fit_the_face_branch_to_the_landmark_motion_before_rendering
     assert all("flow" not in h for h in trainer.history)
     with pytest.raises(ValueError, match="flow_priors"):
         Trainer(tiny_subject, tmp_path / "x", tiny_options(flow_priors=-1))
+
+
+def test_flow_warmup_fits_only_the_face_branch_to_the_landmark_motion_before_everything(tiny_subject, tmp_path):
+    """``flow_warmup=N`` puts N flow-only steps first: the face branch learns the landmark flow, which
+    falls, while the lip expert and the Gaussians wait; the priors phase and the stages follow whole."""
+    trainer = Trainer(tiny_subject, tmp_path / "w", tiny_options(iterations=120, flow_warmup=10, flow_priors=4))
+    assert trainer.total == 134 and trainer._first_render_step() == 10 + 4 + 12
+    assert [trainer.phase(s) for s in (0, 9, 10, 25, 26)] == ["flow", "flow", "priors", "priors", "mouth"]
+    face_net = {k: v.clone() for k, v in trainer.model.face_net.state_dict().items()}
+    expert = {k: v.clone() for k, v in trainer.model.prior.lip_expert.state_dict().items()}
+    xyz = trainer.model.face.xyz.detach().clone()
+    trainer.run(until=10)
+    assert {h["phase"] for h in trainer.history} == {"flow"}
+    flows = [h["flow"] for h in trainer.history]
+    assert np.mean(flows[-3:]) < np.mean(flows[:3]), flows
+    assert any(not torch.equal(face_net[k], v) for k, v in trainer.model.face_net.state_dict().items())
+    assert all(torch.equal(expert[k], v) for k, v in trainer.model.prior.lip_expert.state_dict().items())
+    assert torch.equal(xyz, trainer.model.face.xyz.detach())
+    trainer.run(until=11)
+    assert trainer.history[-1]["phase"] == "priors" and "sync" in trainer.history[-1]
+    with pytest.raises(ValueError, match="flow_warmup"):
+        Trainer(tiny_subject, tmp_path / "x", tiny_options(flow_warmup=-1))

@@ -76,6 +76,9 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
                    help="add STEPS to the priors phase, which then also fits the face branch and its views to "
                         "the landmark motion (no rendering), so that the audio path learns the lips' motion "
                         "before the render phases (default 0: off)")
+    p.add_argument("--flow-warmup", type=int, default=0, metavar="STEPS",
+                   help="first, STEPS that fit only the face branch and its views to the landmark motion "
+                        "(no experts, no rendering: cheaper steps than --flow-priors; default 0: off)")
     p.add_argument("--lip-weight", type=float, default=0.0,
                    help="extra image-loss weight inside the lip box (0: none)")
     p.add_argument("--stage2-at", type=float, default=0.5,
@@ -98,7 +101,8 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
             max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed,
             motion_basis=a.motion_basis, flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight,
             stage2_at=a.stage2_at, mouth_init_frames=a.mouth_init_frames,
-            frames_per_step=a.frames_per_step, flow_priors=a.flow_priors),
+            frames_per_step=a.frames_per_step, flow_priors=a.flow_priors,
+            flow_warmup=a.flow_warmup),
             evaluate=not a.no_eval, until=a.until, minutes=a.minutes)
     return run
 

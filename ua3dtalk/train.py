@@ -80,6 +80,9 @@ class TrainOptions:
     # steps added before the schedule's priors phase; with any, the whole priors phase also fits the
     # face branch and its views to that motion (no rendering: a step costs little)
     flow_priors: int = 0
+    # steps before all of that which fit only the face branch and its views to the motion (no
+    # experts, no rendering: about a third of a priors step's kernels)
+    flow_warmup: int = 0
     flow_emphasis: float = 0.0     # weight each landmark's flow term by its typical motion ** this
     lip_weight: float = 0.0        # extra image-loss weight inside the lip box (face and fusion phases)
     # densification (in render iterations)
@@ -231,10 +234,12 @@ class Trainer:
                                image_size=self.data.size, mouth_views=mouth_views,
                                motion_basis=options.motion_basis)
             self.model = self._fresh_model()
-        if options.flow_priors < 0:
-            raise ValueError(f"flow_priors must be 0 or more steps, got {options.flow_priors}")
+        for name in ("flow_priors", "flow_warmup"):
+            if getattr(options, name) < 0:
+                raise ValueError(f"{name} must be 0 or more steps, got {getattr(options, name)}")
         self.scheduled = options.iterations or DEFAULT_ITERATIONS[self.cfg.preset]
-        self.total = options.flow_priors + self.scheduled
+        self.added = options.flow_warmup + options.flow_priors   # steps before the staged schedule
+        self.total = self.added + self.scheduled
         self.max_gaussians = options.max_gaussians or DEFAULT_MAX_GAUSSIANS[self.cfg.preset]
         self.extractor = audio_io.get_extractor(self.cfg.audio_features, device=str(self.device))
         audio_io.check_features(self.cfg.audio_features, self.cfg.audio_dim, self.extractor)
@@ -307,12 +312,12 @@ class Trainer:
 
     def _share(self, step: int) -> float:
         """How far a step is into the staged schedule (whose shares place the phases); the added
-        flow-prior steps come before it."""
-        return max(step - self.opt.flow_priors, 0) / self.scheduled
+        flow warm-up and flow-prior steps come before it."""
+        return max(step - self.added, 0) / self.scheduled
 
     def _first_render_step(self) -> int:
         """The first step after the priors phase (a whole number even when a share of the schedule is not)."""
-        return self.opt.flow_priors + math.ceil(self.scheduled * self.opt.priors_until)
+        return self.added + math.ceil(self.scheduled * self.opt.priors_until)
 
     def _decay_learning_rates(self) -> None:
         """Exponential decay over the rendering steps, a function of the step alone (so resuming is
@@ -327,7 +332,9 @@ class Trainer:
     def phase(self, step: int) -> str:
         share = self._share(step)
         o = self.opt
-        if step < o.flow_priors or share < o.priors_until:
+        if step < o.flow_warmup:
+            return "flow"
+        if step < self.added or share < o.priors_until:
             return "priors"
         if share < o.mouth_until:
             return "mouth"
@@ -335,6 +342,7 @@ class Trainer:
 
     def _trainable(self, phase: str) -> set[str]:
         return {
+            "flow": {"prior", "emotion", "face_net"},
             "priors": {"prior", "emotion", "face_net"} if self.opt.flow_priors else {"prior", "emotion"},
             # the windowed audio net and style encoder learn from the image loss
             # (the lip expert inside ``prior`` stays frozen: see _zero_frozen_grads)
@@ -518,9 +526,12 @@ class Trainer:
             phase = self.phase(self.step)
             self._decay_learning_rates()
             self.optimizer.zero_grad(set_to_none=True)
-            if phase == "priors":
+            out = None
+            if phase == "flow":
+                flow = self._flow_prior_loss()
+                loss, stats = self.opt.flow_weight * flow, {"flow": flow.item()}
+            elif phase == "priors":
                 loss, stats = self._prior_loss()
-                out = None
             else:
                 loss, stats, out = self._render_loss(*self._batch(), phase)
             if not self._backward(loss, phase):
