@@ -83,9 +83,10 @@ class LabelEmbedding(nn.Module):
         if label.dim() != 1 or intensity.shape != label.shape:
             raise ValueError(f"label and intensity must both be [B], got {tuple(label.shape)} and "
                              f"{tuple(intensity.shape)}")
-        if label.numel() and (int(label.min()) < 0 or int(label.max()) >= self.n):
-            raise ValueError(f"emotion label must lie in [0, {self.n}), got {label.tolist()}")
-        if intensity.numel() and (float(intensity.min()) < 0 or float(intensity.max()) > 1):
+        # one check of both (a device sync each: training calls this many times a step)
+        if bool(((label < 0) | (label >= self.n) | (intensity < 0) | (intensity > 1)).any()):
+            if int(label.min()) < 0 or int(label.max()) >= self.n:
+                raise ValueError(f"emotion label must lie in [0, {self.n}), got {label.tolist()}")
             raise ValueError(f"emotion intensity must lie in [0, 1], got {intensity.tolist()}")
         neutral = self.table.weight[0]
         return neutral + intensity[:, None].to(neutral.dtype) * (self.table(label) - neutral)

@@ -225,6 +225,7 @@ class Trainer:
         if options.resume and not resume:
             raise FileNotFoundError(f"--resume: no training state in {self.out} ({STATE_NAME} missing)")
         self.table = self.data.stacked(self.device)
+        self.clip_of = self.table["clip"].tolist()   # on the host: a batch's clip without waiting for the device
         if resume:
             self.model = load_checkpoint(self.out, self.device).train()
             self.cfg = self.model.cfg
@@ -248,6 +249,7 @@ class Trainer:
         self.step = 0
         self.skipped = self.skipped_total = 0   # non-finite steps: in a row, and in this run
         self.history: list[dict[str, float | str]] = []
+        self._settled = 0   # history records whose losses are numbers yet (see _settle)
         self.train_seconds = 0.0
         if resume:
             self._load_state()
@@ -363,10 +365,11 @@ class Trainer:
 
     # -- steps ----------------------------------------------------------------
     def _batch(self, batches: Batches | None = None) -> tuple[dict[str, Tensor], Conditioning]:
-        indices = torch.tensor((batches or self.batches).draw(), device=self.device)
+        drawn = (batches or self.batches).draw()
+        indices = torch.tensor(drawn, device=self.device)
         batch = {key: value[indices] for key, value in self.table.items()}
         batch["image"] = batch["image"].float() / 255
-        clip = int(batch["clip"][0])
+        clip = self.clip_of[drawn[0]]
         images = batch["image"].float()
         crops = face_crops(images, batch["landmarks"].float())
         cond = Conditioning(features=self.features[clip], frames=batch["frame"].long(),
@@ -389,11 +392,11 @@ class Trainer:
             ce = ce + F.cross_entropy(out["audio_logits"], cond.emotion) + F.cross_entropy(out["visual_logits"], cond.emotion)
         sync = expert.loss(torch.cat(audio_emb), torch.cat(mouth_emb))
         ce = ce / windows
-        stats = {"sync": sync.item(), "emotion_ce": ce.item()}
+        stats = {"sync": sync.detach(), "emotion_ce": ce.detach()}
         if not self.opt.flow_priors:
             return sync + ce, stats
         flow = self._flow_prior_loss()
-        stats["flow"] = flow.item()
+        stats["flow"] = flow.detach()
         return sync + ce + self.opt.flow_weight * flow, stats
 
     def _flow_prior_loss(self) -> Tensor:
@@ -451,9 +454,9 @@ class Trainer:
         loss = loss + o.sync_weight * sync + o.distill_weight * distill + o.nll_weight * nll + \
             o.deform_weight * deform + o.flow_weight * flow
         with torch.no_grad():
-            quality = float(psnr(pred.clamp(0, 1), target).mean())
-        stats = {"l1": l1.item(), "sync": sync.item(), "distill": distill.item(), "nll": nll.item(),
-                 "flow": flow.item(), "psnr": quality, "stage": stage}
+            quality = psnr(pred.clamp(0, 1), target).mean()
+        stats = {"l1": l1.detach(), "sync": sync.detach(), "distill": distill.detach(), "nll": nll.detach(),
+                 "flow": flow.detach(), "psnr": quality, "stage": stage}
         return loss, stats, out
 
     def _densify(self, out, phase: str) -> None:  # noqa: ANN001
@@ -489,12 +492,10 @@ class Trainer:
         """Gradients of the trainable parts; False (and the step is skipped, as a mixed-precision
         scaler would) when the loss or a gradient is not finite. A run of such steps means
         training has diverged: a clear error."""
-        finite = bool(torch.isfinite(loss))
-        if finite:
-            loss.backward()
-            self._zero_frozen_grads(phase)
-            grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-            finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        loss.backward()   # a non-finite loss gives non-finite gradients: one check (one device sync) for both
+        self._zero_frozen_grads(phase)
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(torch.nn.utils.get_total_norm(grads)))
         self.skipped = 0 if finite else self.skipped + 1
         if self.skipped:
             self.skipped_total += 1
@@ -529,7 +530,7 @@ class Trainer:
             out = None
             if phase == "flow":
                 flow = self._flow_prior_loss()
-                loss, stats = self.opt.flow_weight * flow, {"flow": flow.item()}
+                loss, stats = self.opt.flow_weight * flow, {"flow": flow.detach()}
             elif phase == "priors":
                 loss, stats = self._prior_loss()
             else:
@@ -541,23 +542,37 @@ class Trainer:
                 self._densify(out, phase)
             self.step += 1
             now = time.perf_counter()
-            stats["loss"], stats["seconds"] = loss.detach().item(), now - last
+            stats["loss"], stats["seconds"] = loss.detach(), now - last
             self.train_seconds, last = self.train_seconds + now - last, now
             self.history.append({"step": self.step, "phase": phase, **stats})
             if self.step % self.opt.log_every == 0 or self.step == self.total:
-                for key, value in stats.items():
-                    writer.add_scalar(f"{phase}/{key}", value, self.step)
+                self._settle()
+                record = self.history[-1]
+                for key in stats:
+                    writer.add_scalar(f"{phase}/{key}", record[key], self.step)
                 writer.add_scalar("gaussians", self.model.face.num_points + self.model.mouth.num_points, self.step)
-                bar.set_postfix(phase=phase, loss=f"{stats['loss']:.4f}",
-                                **({"psnr": f"{stats['psnr']:.2f}"} if "psnr" in stats else {}))
+                bar.set_postfix(phase=phase, loss=f"{record['loss']:.4f}",
+                                **({"psnr": f"{record['psnr']:.2f}"} if "psnr" in record else {}))
             bar.update(1)
             if deadline is not None and now >= deadline:
                 end = self.step
             if self.step % self.opt.save_every == 0 or self.step == end:
                 self.save()
+        self._settle()
         bar.close()
         writer.close()
         return self.out
+
+    def _settle(self) -> None:
+        """The losses recorded as device tensors since the last call, as numbers: one device sync
+        for all of them, where reading each at its step would stall the step's launches."""
+        pending = [(record, key) for record in self.history[self._settled:]
+                   for key, value in record.items() if isinstance(value, Tensor)]
+        if pending:
+            values = torch.stack([record[key].float() for record, key in pending]).tolist()
+            for (record, key), value in zip(pending, values):
+                record[key] = value
+        self._settled = len(self.history)
 
     # -- checkpoints ----------------------------------------------------------
     def save(self) -> None:
