@@ -83,7 +83,7 @@ class LabelEmbedding(nn.Module):
         if label.dim() != 1 or intensity.shape != label.shape:
             raise ValueError(f"label and intensity must both be [B], got {tuple(label.shape)} and "
                              f"{tuple(intensity.shape)}")
-        # one check of both (a device sync each: training calls this many times a step)
+        # both ranges in one device read: training calls this several times a step
         if bool(((label < 0) | (label >= self.n) | (intensity < 0) | (intensity > 1)).any()):
             if int(label.min()) < 0 or int(label.max()) >= self.n:
                 raise ValueError(f"emotion label must lie in [0, {self.n}), got {label.tolist()}")

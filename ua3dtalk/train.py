@@ -10,6 +10,10 @@ Stages, by share of the iterations (TalkingGaussian + UA-3DTalk):
    (one random ensemble member per view, diagonal) to stage 2 (full ensemble,
    precision fusion) at ``stage2_at`` of the render iterations.
 
+Optional steps come before the stages: ``flow_warmup`` fits only the face branch
+and its views to the landmark flow; ``flow_priors`` lengthens the priors phase,
+which then fits that flow too.
+
 Losses: L1 + D-SSIM on the image, the lip expert's sync loss on rendered mouths,
 emotion distillation, the uncertainty heads' Gaussian NLL, and a penalty on
 deformation size; 3DGS densification and pruning on both Gaussian sets.
@@ -81,7 +85,7 @@ class TrainOptions:
     # face branch and its views to that motion (no rendering: a step costs little)
     flow_priors: int = 0
     # steps before all of that which fit only the face branch and its views to the motion (no
-    # experts, no rendering: about a third of a priors step's kernels)
+    # experts, no rendering: 0.56 of a flow-prior step's time on an H100)
     flow_warmup: int = 0
     flow_emphasis: float = 0.0     # weight each landmark's flow term by its typical motion ** this
     lip_weight: float = 0.0        # extra image-loss weight inside the lip box (face and fusion phases)
@@ -248,7 +252,7 @@ class Trainer:
         self.optimizer = self._optimizer()
         self.step = 0
         self.skipped = self.skipped_total = 0   # non-finite steps: in a row, and in this run
-        self.history: list[dict[str, float | str]] = []
+        self.history: list[dict[str, float | str | Tensor]] = []   # losses stay tensors until _settle
         self._settled = 0   # history records whose losses are numbers yet (see _settle)
         self.train_seconds = 0.0
         if resume:
