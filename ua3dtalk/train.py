@@ -82,7 +82,8 @@ class TrainOptions:
     deform_weight: float = 1e-3
     flow_weight: float = 5.0       # landmark-guided motion (ua3dtalk.landmark_flow)
     # steps added before the schedule's priors phase; with any, the whole priors phase also fits the
-    # face branch and its views to that motion (no rendering: a step costs little)
+    # face branch and its views to that motion (no rendering, yet with the experts' windows a step
+    # costs more than a rendering one: bench/RESULTS.md, eighteenth session)
     flow_priors: int = 0
     # steps before all of that which fit only the face branch and its views to the motion (no
     # experts, no rendering: 0.56 of a flow-prior step's time on an H100)
