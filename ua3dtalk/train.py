@@ -348,9 +348,10 @@ class Trainer:
         return "face" if share < o.face_until else "fusion"
 
     def _trainable(self, phase: str) -> set[str]:
+        flow = {"prior", "emotion", "face_net"}   # the face branch and the views it reads
         return {
-            "flow": {"prior", "emotion", "face_net"},
-            "priors": {"prior", "emotion", "face_net"} if self.opt.flow_priors else {"prior", "emotion"},
+            "flow": flow,
+            "priors": flow if self.opt.flow_priors else {"prior", "emotion"},
             # the windowed audio net and style encoder learn from the image loss
             # (the lip expert inside ``prior`` stays frozen: see _zero_frozen_grads)
             "mouth": {"mouth", "mouth_net", "prior"},
@@ -400,20 +401,21 @@ class Trainer:
         stats = {"sync": sync.detach(), "emotion_ce": ce.detach()}
         if not self.opt.flow_priors:
             return sync + ce, stats
-        flow = self._flow_prior_loss()
-        stats["flow"] = flow.detach()
-        return sync + ce + self.opt.flow_weight * flow, stats
+        flow, flow_stats = self._flow_prior_loss()
+        return sync + ce + flow, {**stats, **flow_stats}
 
-    def _flow_prior_loss(self) -> Tensor:
-        """The landmark flow alone, for the face branch and the views it reads, without rendering: a
-        flow-trained audio path carries far more of the lips' motion than one trained through the
-        render phases (bench/motion_fit.py; bench/RESULTS.md, sixteenth session)."""
+    def _flow_prior_loss(self) -> tuple[Tensor, dict[str, Tensor]]:
+        """The landmark flow alone, weighted (its stats unweighted), for the face branch and the views
+        it reads, without rendering: a flow-trained audio path carries far more of the lips' motion
+        than one trained through the render phases (bench/motion_fit.py; bench/RESULTS.md, sixteenth
+        session)."""
         batch, cond = self._batch()
         model = self.model
         views, embedding, _ = model.frame_views(cond)
         face = model.face_net(model.face.xyz, model.with_emotion(views, model.face.xyz, embedding),
                               fusion=self.cfg.fusion, stage=self._stage())
-        return self._flow_loss(batch, face.d_xyz)
+        flow = self._flow_loss(batch, face.d_xyz)
+        return self.opt.flow_weight * flow, {"flow": flow.detach()}
 
     def _flow_loss(self, batch: dict[str, Tensor], face_offsets: Tensor) -> Tensor:
         """The landmark flow term of the face Gaussians' offsets (the face only: teeth and tongue do
@@ -534,8 +536,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             out = None
             if phase == "flow":
-                flow = self._flow_prior_loss()
-                loss, stats = self.opt.flow_weight * flow, {"flow": flow.detach()}
+                loss, stats = self._flow_prior_loss()
             elif phase == "priors":
                 loss, stats = self._prior_loss()
             else:
