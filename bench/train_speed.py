@@ -2,7 +2,7 @@
 that the CUDA path trains, saves, resumes and renders.
 
     python bench/train_speed.py DATA [--size 512] [--iterations 200] [--device cuda]
-        [--flow-warmup N] [--flow-priors N] [--motion-basis] [--stage2-at S]
+        [--flow-warmup N] [--flow-priors N] [--flow-sample N] [--motion-basis] [--stage2-at S]
 """
 from __future__ import annotations
 
@@ -25,13 +25,15 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--flow-warmup", type=int, default=0)
     ap.add_argument("--flow-priors", type=int, default=0)
+    ap.add_argument("--flow-sample", type=int, default=0)
     ap.add_argument("--motion-basis", action="store_true")
     ap.add_argument("--stage2-at", type=float, default=0.5)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(a.data, out, TrainOptions(iterations=a.iterations, size=a.size, device=a.device,
                                                     save_every=10**9, log_every=10, flow_warmup=a.flow_warmup,
-                                                    flow_priors=a.flow_priors, motion_basis=a.motion_basis,
+                                                    flow_priors=a.flow_priors, flow_sample=a.flow_sample,
+                                                    motion_basis=a.motion_basis,
                                                     stage2_at=a.stage2_at))
         start = time.perf_counter()
         trainer.run()

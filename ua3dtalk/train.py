@@ -88,6 +88,10 @@ class TrainOptions:
     # steps before all of that which fit only the face branch and its views to the motion (no
     # experts, no rendering: 0.56 of a flow-prior step's time on an H100)
     flow_warmup: int = 0
+    # face Gaussians drawn afresh for each flow-only step (warm-up and priors; 0: all of them). The
+    # flow term is a mean over Gaussians, so a random subset estimates it without bias, and the
+    # face branch's cost grows with their number (bench/RESULTS.md, nineteenth session)
+    flow_sample: int = 0
     flow_emphasis: float = 0.0     # weight each landmark's flow term by its typical motion ** this
     lip_weight: float = 0.0        # extra image-loss weight inside the lip box (face and fusion phases)
     # densification (in render iterations)
@@ -240,9 +244,9 @@ class Trainer:
                                image_size=self.data.size, mouth_views=mouth_views,
                                motion_basis=options.motion_basis)
             self.model = self._fresh_model()
-        for name in ("flow_priors", "flow_warmup"):
+        for name in ("flow_priors", "flow_warmup", "flow_sample"):
             if getattr(options, name) < 0:
-                raise ValueError(f"{name} must be 0 or more steps, got {getattr(options, name)}")
+                raise ValueError(f"{name} must be 0 or more, got {getattr(options, name)}")
         self.scheduled = options.iterations or DEFAULT_ITERATIONS[self.cfg.preset]
         self.added = options.flow_warmup + options.flow_priors   # steps before the staged schedule
         self.total = self.added + self.scheduled
@@ -408,20 +412,33 @@ class Trainer:
         """The landmark flow alone, weighted (its stats unweighted), for the face branch and the views
         it reads, without rendering: a flow-trained audio path carries far more of the lips' motion
         than one trained through the render phases (bench/motion_fit.py; bench/RESULTS.md, sixteenth
-        session)."""
+        session). With ``flow_sample`` it runs on that many face Gaussians drawn at random."""
         batch, cond = self._batch()
         model = self.model
+        chosen = self._flow_sample()
+        xyz = model.face.xyz if chosen is None else model.face.xyz[chosen]
         views, embedding, _ = model.frame_views(cond)
-        face = model.face_net(model.face.xyz, model.with_emotion(views, model.face.xyz, embedding),
-                              fusion=self.cfg.fusion, stage=self._stage())
-        flow = self._flow_loss(batch, face.d_xyz)
+        face = model.face_net(xyz, model.with_emotion(views, xyz, embedding), fusion=self.cfg.fusion,
+                              stage=self._stage())
+        flow = self._flow_loss(batch, face.d_xyz, chosen)
         return self.opt.flow_weight * flow, {"flow": flow.detach()}
 
-    def _flow_loss(self, batch: dict[str, Tensor], face_offsets: Tensor) -> Tensor:
+    def _flow_sample(self) -> Tensor | None:
+        """Indices of ``flow_sample`` face Gaussians from the seeded generator (so resuming is exact),
+        or None for all of them."""
+        n = self.model.face.num_points
+        if not self.opt.flow_sample or self.opt.flow_sample >= n:
+            return None
+        return torch.randperm(n, generator=self.generator)[:self.opt.flow_sample].to(self.device)
+
+    def _flow_loss(self, batch: dict[str, Tensor], face_offsets: Tensor, chosen: Tensor | None = None) -> Tensor:
         """The landmark flow term of the face Gaussians' offsets (the face only: teeth and tongue do
-        not follow the skin; the image loss moves them)."""
-        return self.flow.loss(self.model.face.xyz.detach(), face_offsets, self.face_binding,
-                              batch["landmarks"].float(), batch["viewmat"].float(), self.data.size)
+        not follow the skin; the image loss moves them), of the ``chosen`` ones if given."""
+        xyz, (index, weight) = self.model.face.xyz.detach(), self.face_binding
+        if chosen is not None:
+            xyz, index, weight = xyz[chosen], index[chosen], weight[chosen]
+        return self.flow.loss(xyz, face_offsets, (index, weight), batch["landmarks"].float(),
+                              batch["viewmat"].float(), self.data.size)
 
     def _stage(self) -> int:
         """Uncertainty fusion's stage at this step: one random member per view (1), or the whole ensemble (2)."""
