@@ -20,8 +20,9 @@ from ua3dtalk.train import Batches, TrainOptions, Trainer
 
 
 def whole_flow(trainer: Trainer, frames: list[tuple[dict, object]]) -> float:
-    """The flow term over all face Gaussians, averaged over the fixed frames."""
-    model = trainer.model
+    """The flow term over all face Gaussians, averaged over the fixed frames (in eval mode: the
+    feature standardisers' running statistics must not learn from the measurement)."""
+    model = trainer.model.eval()
     total = 0.0
     with torch.no_grad():
         for batch, cond in frames:
@@ -29,6 +30,7 @@ def whole_flow(trainer: Trainer, frames: list[tuple[dict, object]]) -> float:
             face = model.face_net(model.face.xyz, model.with_emotion(views, model.face.xyz, embedding),
                                   fusion=trainer.cfg.fusion, stage=trainer._stage())
             total += float(trainer._flow_loss(batch, face.d_xyz))
+    model.train()
     return total / len(frames)
 
 
