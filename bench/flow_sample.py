@@ -23,13 +23,8 @@ def whole_flow(trainer: Trainer, frames: list[tuple[dict, object]]) -> float:
     """The flow term over all face Gaussians, averaged over the fixed frames (in eval mode: the
     feature standardisers' running statistics must not learn from the measurement)."""
     model = trainer.model.eval()
-    total = 0.0
     with torch.no_grad():
-        for batch, cond in frames:
-            views, embedding, _ = model.frame_views(cond)
-            face = model.face_net(model.face.xyz, model.with_emotion(views, model.face.xyz, embedding),
-                                  fusion=trainer.cfg.fusion, stage=trainer._stage())
-            total += float(trainer._flow_loss(batch, face.d_xyz))
+        total = sum(float(trainer._flow_term(batch, cond)) for batch, cond in frames)
     model.train()
     return total / len(frames)
 

@@ -413,15 +413,18 @@ class Trainer:
         it reads, without rendering: a flow-trained audio path carries far more of the lips' motion
         than one trained through the render phases (bench/motion_fit.py; bench/RESULTS.md, sixteenth
         session). With ``flow_sample`` it runs on that many face Gaussians drawn at random."""
-        batch, cond = self._batch()
+        flow = self._flow_term(*self._batch(), self._flow_sample())
+        return self.opt.flow_weight * flow, {"flow": flow.detach()}
+
+    def _flow_term(self, batch: dict[str, Tensor], cond: Conditioning, chosen: Tensor | None = None) -> Tensor:
+        """The unweighted flow term of one batch from the face branch alone (no rendering), over the
+        ``chosen`` face Gaussians or all of them."""
         model = self.model
-        chosen = self._flow_sample()
         xyz = model.face.xyz if chosen is None else model.face.xyz[chosen]
         views, embedding, _ = model.frame_views(cond)
         face = model.face_net(xyz, model.with_emotion(views, xyz, embedding), fusion=self.cfg.fusion,
                               stage=self._stage())
-        flow = self._flow_loss(batch, face.d_xyz, chosen)
-        return self.opt.flow_weight * flow, {"flow": flow.detach()}
+        return self._flow_loss(batch, face.d_xyz, chosen)
 
     def _flow_sample(self) -> Tensor | None:
         """Indices of ``flow_sample`` face Gaussians from the seeded generator (so resuming is exact),
