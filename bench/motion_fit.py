@@ -133,12 +133,17 @@ def main() -> None:
     ap.add_argument("--data", default="data/demo")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=4, help="frames per step")
-    ap.add_argument("--points", type=int, default=4000, help="face Gaussians: half on the lips, half elsewhere")
+    ap.add_argument("--points", type=int, default=4000, help="face Gaussians measured and refitted")
+    ap.add_argument("--lip-share", type=float, default=0.5,
+                    help="share of --points drawn from those on the lips (the subject's own share: about 0.2)")
+    ap.add_argument("--emphasis", type=float, default=0.0, help="the refits' flow emphasis (train --flow-emphasis)")
     ap.add_argument("--frame-stride", type=int, default=4, help="frames measured: every Nth of each split")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS), help="which rows to measure")
     ap.add_argument("--layouts", nargs="*", default=list(LAYOUTS), choices=list(LAYOUTS), help="oracle rows' tri-planes")
     args = ap.parse_args()
+    if not 0 < args.lip_share < 1:
+        raise SystemExit(f"--lip-share is a share in (0, 1), got {args.lip_share}")
 
     model = load_checkpoint(args.subject).eval()
     train_data, test_data = SubjectDataset(args.data, "train"), SubjectDataset(args.data, "heldout")
@@ -149,14 +154,20 @@ def main() -> None:
     index, weight = flow.bind(model.face.xyz.detach())
     on_lips = (weight * torch.isin(index, torch.tensor(MOUTH))).sum(1) > 0.5   # mostly tied to lip landmarks
     generator = torch.Generator().manual_seed(args.seed)
-    keep = torch.cat([part[torch.randperm(len(part), generator=generator)[:args.points // 2]]
-                      for part in (torch.nonzero(on_lips).squeeze(1), torch.nonzero(~on_lips).squeeze(1))])
+    on_lips_wanted = round(args.points * args.lip_share)
+    keep = torch.cat([part[torch.randperm(len(part), generator=generator)[:wanted]]
+                      for part, wanted in ((torch.nonzero(on_lips).squeeze(1), on_lips_wanted),
+                                           (torch.nonzero(~on_lips).squeeze(1), args.points - on_lips_wanted))])
     xyz, lips = model.face.xyz.detach()[keep], on_lips[keep]
     binding = flow.bind(xyz)
     train, test = Frames(model, train_data, flow), Frames(model, test_data, flow)
+    # the refits' loss (with --emphasis, each landmark weighted by its typical motion); the agreement is unweighted
+    fit_flow = LandmarkFlow(train_data.canonical.float(), K, reference["landmarks"].float(),
+                            torch.as_tensor(reference["viewmat"]).float(), train.landmarks, train.viewmats,
+                            args.emphasis)
     print(f"{args.subject}: {len(xyz)} face Gaussians ({int(lips.sum())} on the lips), {len(train)} training and "
           f"{len(test)} held-out frames (every {args.frame_stride}th measured); refits: {args.steps} steps of "
-          f"{args.batch} frames; CPU\n")
+          f"{args.batch} frames, flow emphasis {args.emphasis}; CPU\n")
     print("| face branch | training: lips slope / rel. error | training: rest | held out: lips | held out: rest "
           "| seconds |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -180,7 +191,7 @@ def main() -> None:
         net = build()
         net.set_bounds(model.face_net.field.lo, model.face_net.field.hi)
         train_network(net, lambda chosen: net(xyz, views(train, chosen), fusion=fusion).d_xyz,
-                      train, xyz, flow, binding, size, args.steps, args.batch, args.seed)
+                      train, xyz, fit_flow, binding, size, args.steps, args.batch, args.seed)
         report(name, net, views, time.perf_counter() - start, fusion)
 
     if "subject" in args.rows:
