@@ -117,18 +117,23 @@ def test_density_control_runs_when_the_render_phase_starts_between_steps(tiny_su
     assert calls == [10, 16]   # steps 4 + 6 and 4 + 12 (counted before the step increments)
 
 
-def test_audio_and_style_nets_learn_from_the_image_loss_with_the_expert_frozen(tiny_subject, tmp_path):
-    """After the priors phase the deformation's audio views train end to end;
-    the lip-sync expert (the content view) keeps its pretrained weights."""
-    trainer = Trainer(tiny_subject, tmp_path / "p", tiny_options(iterations=10, save_every=10**6))
+@pytest.mark.parametrize("hold", [False, True])
+def test_audio_and_style_nets_learn_from_the_image_loss_unless_held_with_the_expert_frozen(tiny_subject, tmp_path,
+                                                                                            hold):
+    """After the priors phase the deformation's audio views train end to end, or with
+    ``hold_audio_views`` keep what the priors phase taught them while the branches learn;
+    the lip-sync expert (the content view) keeps its pretrained weights either way."""
+    trainer = Trainer(tiny_subject, tmp_path / "p", tiny_options(iterations=10, save_every=10**6,
+                                                                 hold_audio_views=hold))
     trainer.run(until=1)                                  # priors
-    prior = trainer.model.prior
+    prior, face_net = trainer.model.prior, trainer.model.face_net
     before = {k: v.detach().clone() for k, v in prior.state_dict().items()}
+    face_before = {k: v.detach().clone() for k, v in face_net.state_dict().items()}
     trainer.run(until=5)                                  # mouth and face phases
     after = prior.state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
-    assert {"audio_net", "style"} <= changed
-    assert "lip_expert" not in changed
+    assert changed == (set() if hold else {"audio_net", "style"})
+    assert any(not torch.equal(face_before[k], v) for k, v in face_net.state_dict().items())
 
 
 def test_a_non_finite_step_is_skipped_and_a_run_of_them_is_a_clear_error(tiny_subject, tmp_path):

@@ -83,6 +83,10 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
                    help="run the flow-only steps (--flow-warmup, --flow-priors) on N face Gaussians drawn "
                         "afresh each step: an unbiased estimate of the flow term at a fraction of the cost "
                         "(default 0: all)")
+    p.add_argument("--hold-audio-views", action="store_true",
+                   help="after the priors phase, the windowed audio net and style encoder stop learning, "
+                        "so the lips' motion that --flow-priors puts in them stays (default: they learn "
+                        "from the image loss too)")
     p.add_argument("--flow-weight", type=float, default=5.0,
                    help="weight of the landmark-flow term beside the image loss, in every phase")
     p.add_argument("--lip-weight", type=float, default=0.0,
@@ -108,7 +112,8 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
             motion_basis=a.motion_basis, flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight,
             stage2_at=a.stage2_at, mouth_init_frames=a.mouth_init_frames,
             frames_per_step=a.frames_per_step, flow_priors=a.flow_priors,
-            flow_warmup=a.flow_warmup, flow_sample=a.flow_sample, flow_weight=a.flow_weight),
+            flow_warmup=a.flow_warmup, flow_sample=a.flow_sample, flow_weight=a.flow_weight,
+            hold_audio_views=a.hold_audio_views),
             evaluate=not a.no_eval, until=a.until, minutes=a.minutes)
     return run
 

@@ -92,6 +92,11 @@ class TrainOptions:
     # flow term is a mean over Gaussians, so a random subset estimates it without bias, and the
     # face branch's cost grows with their number (bench/RESULTS.md, nineteenth session)
     flow_sample: int = 0
+    # after the priors phase, the windowed audio net and the style encoder stop learning: with flow
+    # priors, the render phases otherwise wear away the lips' motion those views learnt from the flow
+    # (a face branch refitted to the flow on the trained views fits no better: bench/RESULTS.md,
+    # twentieth session)
+    hold_audio_views: bool = False
     flow_emphasis: float = 0.0     # weight each landmark's flow term by its typical motion ** this
     lip_weight: float = 0.0        # extra image-loss weight inside the lip box (face and fusion phases)
     # densification (in render iterations)
@@ -353,14 +358,15 @@ class Trainer:
 
     def _trainable(self, phase: str) -> set[str]:
         flow = {"prior", "emotion", "face_net"}   # the face branch and the views it reads
+        # the windowed audio net and style encoder learn from the image loss unless held
+        # (the lip expert inside ``prior`` stays frozen: see _zero_frozen_grads)
+        audio = set() if self.opt.hold_audio_views else {"prior"}
         return {
             "flow": flow,
             "priors": flow if self.opt.flow_priors else {"prior", "emotion"},
-            # the windowed audio net and style encoder learn from the image loss
-            # (the lip expert inside ``prior`` stays frozen: see _zero_frozen_grads)
-            "mouth": {"mouth", "mouth_net", "prior"},
-            "face": {"face", "face_net", "emotion", "prior"},
-            "fusion": {"face", "mouth", "face_net", "mouth_net", "emotion", "prior"},
+            "mouth": {"mouth", "mouth_net"} | audio,
+            "face": {"face", "face_net", "emotion"} | audio,
+            "fusion": {"face", "mouth", "face_net", "mouth_net", "emotion"} | audio,
         }[phase]
 
     def _zero_frozen_grads(self, phase: str) -> None:
