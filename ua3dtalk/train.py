@@ -92,10 +92,9 @@ class TrainOptions:
     # flow term is a mean over Gaussians, so a random subset estimates it without bias, and the
     # face branch's cost grows with their number (bench/RESULTS.md, nineteenth session)
     flow_sample: int = 0
-    # after the priors phase, the windowed audio net and the style encoder stop learning: with flow
-    # priors, the render phases otherwise wear away the lips' motion those views learnt from the flow
-    # (a face branch refitted to the flow on the trained views fits no better: bench/RESULTS.md,
-    # twentieth session)
+    # after the priors phase, the windowed audio net and the style encoder stop learning, so the lips'
+    # motion the flow priors put in those views cannot wear away in the render phases (the views, not
+    # the face branch, limit the lips; not yet trained on a GPU: bench/RESULTS.md, twentieth session)
     hold_audio_views: bool = False
     flow_emphasis: float = 0.0     # weight each landmark's flow term by its typical motion ** this
     lip_weight: float = 0.0        # extra image-loss weight inside the lip box (face and fusion phases)
