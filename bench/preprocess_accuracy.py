@@ -2,9 +2,11 @@
 
 Synthesizes a subject (or reuses one), preprocesses all its clips into one
 dataset, and compares per frame with the synthesized ground truth:
-landmark error in source-video pixels, and the correlation of the eye-blink
-and mouth-opening signals with the true eye openness and viseme opening.
-Runs on CPU:  python bench/preprocess_accuracy.py [--minutes 0.5] [--synth DIR]
+landmark error in source-video pixels, the correlation of the eye-blink
+and mouth-opening signals with the true eye openness and viseme opening, and
+how faithfully the landmarks' motion (what the landmark flow loss fits) follows
+the true motion. Runs on CPU:
+    python bench/preprocess_accuracy.py [--minutes 0.5] [--synth DIR [--data DATASET]]
 """
 from __future__ import annotations
 
@@ -31,6 +33,23 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
 
 
+def motion_agreement(measured: list[np.ndarray], true: list[np.ndarray]) -> None:
+    """Per clip, each landmark's motion about its clip mean, measured against true, per group and axis.
+
+    Slope < 1 means the measured landmarks move less than the face does; the relative
+    error is the part of the true motion the measured one misses or adds.
+    """
+    m = np.concatenate([c - c.mean(0) for c in measured])
+    t = np.concatenate([c - c.mean(0) for c in true])
+    print("\nlandmark motion about each clip's mean, measured vs true (what the landmark flow fits):")
+    print(f"  {'group':10s} axis  rms true px  slope  corr  rel. error")
+    for g in ("lips", "eyes", "face oval"):
+        for axis, name in enumerate("xy"):
+            mm, tt = m[:, GROUPS[g], axis].ravel(), t[:, GROUPS[g], axis].ravel()
+            print(f"  {g:10s} {name:4s} {np.sqrt((tt ** 2).mean()):11.2f} {(mm * tt).sum() / (tt * tt).sum():6.2f} "
+                  f"{_corr(mm, tt):5.2f} {np.linalg.norm(mm - tt) / np.linalg.norm(tt):11.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--synth", default=None, help="existing synth output folder (default: synthesize one)")
@@ -38,7 +57,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=512, help="dataset crop size")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    ap.add_argument("--data", default=None, help="a dataset already preprocessed from --synth (default: preprocess)")
     a = ap.parse_args()
+    if a.data and not a.synth:
+        raise SystemExit("--data needs --synth: the synthesized subject it was preprocessed from")
 
     work = Path(a.work or tempfile.mkdtemp(prefix="ua3dtalk-bench-"))
     synth_dir = Path(a.synth) if a.synth else work / "synth"
@@ -50,16 +72,17 @@ def main() -> None:
     subject = read_subject(synth_dir)
     videos = [str(synth_dir / c.video) for c in subject["clips"]]
     t0 = time.perf_counter()
-    data = preprocess_videos(videos, str(work / "data"), size=a.size)
+    data = Path(a.data) if a.data else preprocess_videos(videos, str(work / "data"), size=a.size)
     elapsed = time.perf_counter() - t0
     meta = json.loads((data / "meta.json").read_text())
     lm_all = np.load(data / "landmarks.npy")
     eye_all, mouth_all = np.load(data / "eye.npy"), np.load(data / "mouth_open.npy")
     n_total = sum(c["n_frames"] for c in meta["clips"])
-    print(f"preprocess: {len(videos)} clips, {n_total} frames in {elapsed:.1f} s ({n_total / elapsed:.1f} frames/s)")
+    if not a.data:
+        print(f"preprocess: {len(videos)} clips, {n_total} frames in {elapsed:.1f} s ({n_total / elapsed:.1f} frames/s)")
 
     errs = {g: [] for g in GROUPS}
-    eye, eye_true, mouth, mouth_true, lens = [], [], [], [], []
+    eye, eye_true, mouth, mouth_true, lens, measured, true = [], [], [], [], [], [], []
     rows = []
     for c in meta["clips"]:
         truth = ClipTruth.load(synth_dir / "truth" / f"{c['name']}.npz")
@@ -67,6 +90,7 @@ def main() -> None:
         x0, y0, side = c["crop"]
         lm = lm_all[c["start"]:c["start"] + n, :, :2] * (side / meta["size"]) + np.array([x0, y0])
         d = np.linalg.norm(lm - truth.landmarks[:n], axis=-1)
+        measured.append(lm), true.append(truth.landmarks[:n])
         for g, idx in GROUPS.items():
             errs[g].append(d[:, idx].reshape(-1))
         sl = slice(c["start"], c["start"] + n)
@@ -83,6 +107,7 @@ def main() -> None:
     for g in GROUPS:
         e = np.concatenate(errs[g])
         print(f"  {g:10s} mean {e.mean():5.2f}  median {np.median(e):5.2f}  p95 {np.percentile(e, 95):5.2f}")
+    motion_agreement(measured, true)
     w = np.array(lens, float) / sum(lens)
     e_clip = float(np.dot(w, [r[4] for r in rows]))
     m_clip = float(np.dot(w, [r[5] for r in rows]))
