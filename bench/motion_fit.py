@@ -23,13 +23,20 @@ Rows:
   position field and decoder can represent at that resolution.
 
 The refits run ``--steps`` Adam steps of ``--batch`` training frames at the
-training rates.
+training rates. With ``--truth SYNTH_DIR`` (the ``ua3dtalk synth`` folder the
+dataset came from) every row is scored against the synthesized truth's
+landmarks, which the video's pixels follow, instead of MediaPipe's; the
+refits still fit MediaPipe's, as training does.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -37,6 +44,7 @@ from torch import Tensor
 from ua3dtalk import audio as audio_io
 from ua3dtalk.config import EMOTIONS
 from ua3dtalk.data.dataset import SubjectDataset
+from ua3dtalk.data.truth import ClipTruth
 from ua3dtalk.deform import MotionNetwork, face_network
 from ua3dtalk.evaluate import items_conditioning
 from ua3dtalk.landmark_flow import LandmarkFlow, project
@@ -58,6 +66,7 @@ class Frames:
         self.landmarks = torch.from_numpy(data.landmarks[rows, :, :2]).float() * data.size / data.source_size
         self.viewmats = data.viewmats[rows].float()
         self.motion = flow.motion(self.landmarks, self.viewmats) - flow.reference_motion      # [T, L, 2]
+        self.scored = self.motion   # what the rows are scored against (see --truth)
         extractor = audio_io.get_extractor(model.cfg.audio_features, device="cpu")
         views, embeddings, self.features, clip_of, frame_of, label = [], [], [], [], [], []
         with torch.no_grad():
@@ -81,6 +90,20 @@ class Frames:
 
     def __len__(self) -> int:
         return len(self.viewmats)
+
+
+def truth_landmarks(data: SubjectDataset, synth: Path) -> Tensor:
+    """The synthesized truth's landmarks [T, 478, 2] for ``data``'s frames, in its pixels."""
+    crops = {c["name"]: c["crop"] for c in data.meta["clips"]}
+    clips = []
+    for clip in data.clips:
+        x0, y0, side = crops[clip.name]
+        truth = ClipTruth.load(synth / "truth" / f"{clip.name}.npz").landmarks
+        if len(truth) < clip.n_frames:
+            raise SystemExit(f"{synth}: {clip.name} has {len(truth)} truth frames, the dataset {clip.n_frames}; "
+                             "--truth must be the synth folder the dataset was preprocessed from")
+        clips.append((truth[:clip.n_frames] - np.array([x0, y0])) * data.size / side)
+    return torch.from_numpy(np.concatenate(clips)).float()
 
 
 def oracle_codes(train: Tensor, test: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -110,15 +133,21 @@ def train_network(net: MotionNetwork, offsets, frames: Frames, xyz, flow, bindin
         optimizer.step()
 
 
-@torch.no_grad()
-def agreement(offsets, frames: Frames, xyz, binding, K, lips, stride: int) -> list[str]:  # noqa: ANN001
-    """Slope and relative error of the offsets' image motion against the flow targets, lips then rest."""
+def bound(motion: Tensor, binding: tuple[Tensor, Tensor]) -> Tensor:
+    """Landmark motion [B, L, 2] -> the bound Gaussians' motion [B, N, 2], as the flow loss binds it."""
     index, weight = binding
+    return (motion[:, index] * weight[None, :, :, None]).sum(2)
+
+
+@torch.no_grad()
+def agreement(moved: Callable[[Frames, Tensor], Tensor], frames: Frames, binding: tuple[Tensor, Tensor],
+              lips: Tensor, stride: int) -> list[str]:
+    """Slope and relative error of image motion ``moved(frames, chosen)`` [B, N, 2] against the scored
+    targets, lips then rest."""
     fitted, target = [], []
     for chosen in torch.arange(0, len(frames), stride).split(64):
-        viewmats = frames.viewmats[chosen]
-        fitted.append(project(xyz + offsets(chosen), viewmats, K) - project(xyz, viewmats, K))
-        target.append((frames.motion[chosen][:, index] * weight[None, :, :, None]).sum(2))
+        fitted.append(moved(frames, chosen))
+        target.append(bound(frames.scored[chosen], binding))
     fitted, target = torch.cat(fitted), torch.cat(target)
     cells = []
     for part in (lips, ~lips):
@@ -139,6 +168,7 @@ def main() -> None:
     ap.add_argument("--emphasis", type=float, default=0.0, help="the refits' flow emphasis (train --flow-emphasis)")
     ap.add_argument("--frame-stride", type=int, default=4, help="frames measured: every Nth of each split")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--truth", default=None, help="score against this synth folder's true landmarks (see above)")
     ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS), help="which rows to measure")
     ap.add_argument("--layouts", nargs="*", default=list(LAYOUTS), choices=list(LAYOUTS), help="oracle rows' tri-planes")
     args = ap.parse_args()
@@ -161,23 +191,37 @@ def main() -> None:
     xyz, lips = model.face.xyz.detach()[keep], on_lips[keep]
     binding = flow.bind(xyz)
     train, test = Frames(model, train_data, flow), Frames(model, test_data, flow)
+    if args.truth:
+        truth = {id(train): truth_landmarks(train_data, Path(args.truth)),
+                 id(test): truth_landmarks(test_data, Path(args.truth))}
+        at_reference = slice(REFERENCE_FRAME, REFERENCE_FRAME + 1)
+        reference_motion = flow.motion(truth[id(train)][at_reference], train.viewmats[at_reference])[0]
+        for frames in (train, test):
+            frames.scored = flow.motion(truth[id(frames)], frames.viewmats) - reference_motion
     # the refits' loss (with --emphasis, each landmark weighted by its typical motion); the agreement is unweighted
     fit_flow = LandmarkFlow(train_data.canonical.float(), K, reference["landmarks"].float(),
                             torch.as_tensor(reference["viewmat"]).float(), train.landmarks, train.viewmats,
                             args.emphasis)
     print(f"{args.subject}: {len(xyz)} face Gaussians ({int(lips.sum())} on the lips), {len(train)} training and "
           f"{len(test)} held-out frames (every {args.frame_stride}th measured); refits: {args.steps} steps of "
-          f"{args.batch} frames, flow emphasis {args.emphasis}; CPU\n")
+          f"{args.batch} frames, flow emphasis {args.emphasis}; scored against "
+          f"{'the synthesized truth' if args.truth else 'MediaPipe'}'s landmarks; CPU\n")
     print("| face branch | training: lips slope / rel. error | training: rest | held out: lips | held out: rest "
           "| seconds |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
 
-    def report(name: str, net: MotionNetwork, views, seconds: float, fusion: str) -> None:  # noqa: ANN001
-        cells = []
-        for frames in (train, test):
-            cells += agreement(lambda chosen: net(xyz, views(frames, chosen), fusion=fusion).d_xyz,
-                               frames, xyz, binding, K, lips, args.frame_stride)
+    def report(name: str, moved: Callable[[Frames, Tensor], Tensor], seconds: float) -> None:
+        cells = [cell for frames in (train, test)
+                 for cell in agreement(moved, frames, binding, lips, args.frame_stride)]
         print(f"| {name} | " + " | ".join(cells) + f" | {seconds:.0f} |", flush=True)
+
+    def branch_motion(net: MotionNetwork, views, fusion: str) -> Callable[[Frames, Tensor], Tensor]:  # noqa: ANN001
+        """The image motion of the branch's offsets on a batch of frames."""
+        def moved(frames: Frames, chosen: Tensor) -> Tensor:
+            viewmats = frames.viewmats[chosen]
+            offsets = net(xyz, views(frames, chosen), fusion=fusion).d_xyz
+            return project(xyz + offsets, viewmats, K) - project(xyz, viewmats, K)
+        return moved
 
     def subject_views(frames: Frames, chosen: Tensor) -> dict:
         views = {name: v[chosen] for name, v in frames.views.items()}
@@ -192,10 +236,13 @@ def main() -> None:
         net.set_bounds(model.face_net.field.lo, model.face_net.field.hi)
         train_network(net, lambda chosen: net(xyz, views(train, chosen), fusion=fusion).d_xyz,
                       train, xyz, fit_flow, binding, size, args.steps, args.batch, args.seed)
-        report(name, net, views, time.perf_counter() - start, fusion)
+        report(name, branch_motion(net, views, fusion), time.perf_counter() - start)
 
+    if args.truth:
+        report("MediaPipe's landmarks (the flow's targets)",
+               lambda frames, chosen: bound(frames.motion[chosen], binding), 0)
     if "subject" in args.rows:
-        report("trained subject", model.face_net, subject_views, 0, model.cfg.fusion)
+        report("trained subject", branch_motion(model.face_net, subject_views, model.cfg.fusion), 0)
     if "refit" in args.rows:
         refit("refit on its views", lambda: face_network(model.cfg, model.face_net.view_dims), subject_views,
               model.cfg.fusion)

@@ -79,7 +79,8 @@ def main() -> None:
     eye_all, mouth_all = np.load(data / "eye.npy"), np.load(data / "mouth_open.npy")
     n_total = sum(c["n_frames"] for c in meta["clips"])
     if not a.data:
-        print(f"preprocess: {len(videos)} clips, {n_total} frames in {elapsed:.1f} s ({n_total / elapsed:.1f} frames/s)")
+        print(f"preprocess: {len(videos)} clips, {n_total} frames in {elapsed:.1f} s "
+              f"({n_total / elapsed:.1f} frames/s)")
 
     errs = {g: [] for g in GROUPS}
     eye, eye_true, mouth, mouth_true, lens, measured, true = [], [], [], [], [], [], []
