@@ -44,7 +44,7 @@ from torch import Tensor
 from ua3dtalk import audio as audio_io
 from ua3dtalk.config import EMOTIONS
 from ua3dtalk.data.dataset import SubjectDataset
-from ua3dtalk.data.truth import ClipTruth
+from ua3dtalk.data.truth import landmarks_in_crop
 from ua3dtalk.deform import MotionNetwork, face_network
 from ua3dtalk.evaluate import items_conditioning
 from ua3dtalk.landmark_flow import LandmarkFlow, project
@@ -95,15 +95,8 @@ class Frames:
 def truth_landmarks(data: SubjectDataset, synth: Path) -> Tensor:
     """The synthesized truth's landmarks [T, 478, 2] for ``data``'s frames, in its pixels."""
     crops = {c["name"]: c["crop"] for c in data.meta["clips"]}
-    clips = []
-    for clip in data.clips:
-        x0, y0, side = crops[clip.name]
-        truth = ClipTruth.load(synth / "truth" / f"{clip.name}.npz").landmarks
-        if len(truth) < clip.n_frames:
-            raise SystemExit(f"{synth}: {clip.name} has {len(truth)} truth frames, the dataset {clip.n_frames}; "
-                             "--truth must be the synth folder the dataset was preprocessed from")
-        clips.append((truth[:clip.n_frames] - np.array([x0, y0])) * data.size / side)
-    return torch.from_numpy(np.concatenate(clips)).float()
+    return torch.from_numpy(np.concatenate([landmarks_in_crop(synth, clip.name, clip.n_frames, crops[clip.name],
+                                                              data.size) for clip in data.clips]))
 
 
 def oracle_codes(train: Tensor, test: Tensor, dim: int) -> tuple[Tensor, Tensor]:

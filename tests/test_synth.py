@@ -13,7 +13,7 @@ from ua3dtalk.data import sentences
 from ua3dtalk.data.expressions import FacePose, FaceRig
 from ua3dtalk.data.face_warp import load_portrait
 from ua3dtalk.data.synth import FPS, plan_clip, synthesize
-from ua3dtalk.data.truth import ClipTruth, read_subject
+from ua3dtalk.data.truth import ClipTruth, landmarks_in_crop, read_subject
 from ua3dtalk.data.visemes import phoneme_class
 
 SIZE = 256
@@ -165,3 +165,18 @@ def test_plan_covers_emotions_and_keeps_sentences_apart():
     for p in train:
         by_sentence.setdefault(p.sentence, set()).add(p.emotion)
     assert max(len(v) for v in by_sentence.values()) >= 2
+
+
+def test_true_landmarks_map_into_a_dataset_crop_and_refuse_a_shorter_clip(tmp_path):
+    (tmp_path / "truth").mkdir()
+    landmarks = np.zeros((3, 478, 2), np.float32)
+    landmarks[:, 0] = (10, 20)
+    landmarks[:, 1] = (138, 148)
+    ClipTruth(landmarks=landmarks, phoneme=np.array(["", "a", ""]), viseme_open=np.zeros(3),
+              lip_round=np.zeros(3), eye_open=np.ones(3), emotion="neutral", level=1).save(tmp_path / "truth" / "c.npz")
+    crop = landmarks_in_crop(tmp_path, "c", 2, (10, 20, 128), 512)
+    assert crop.shape == (2, 478, 2)
+    np.testing.assert_allclose(crop[:, 0], 0)
+    np.testing.assert_allclose(crop[:, 1], 512)
+    with pytest.raises(ValueError, match="3 frames of truth, the dataset 4"):
+        landmarks_in_crop(tmp_path, "c", 4, (10, 20, 128), 512)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -94,6 +94,17 @@ class ClipTruth:
                 lip_round=z["lip_round"], eye_open=z["eye_open"],
                 emotion=str(z["emotion"]), level=int(z["level"]),
             )
+
+
+def landmarks_in_crop(synth: str | Path, name: str, n_frames: int, crop: Sequence[float], size: int) -> np.ndarray:
+    """A clip's true landmarks [n_frames, 478, 2] in the pixels of a dataset's crop ``(x0, y0, side)``
+    resized to ``size``: what the landmarks a preprocessed dataset stores estimate."""
+    truth = ClipTruth.load(Path(synth) / "truth" / f"{name}.npz").landmarks
+    if len(truth) < n_frames:
+        raise ValueError(f"{synth}: {name} has {len(truth)} frames of truth, the dataset {n_frames}; is it the "
+                         "synthesized subject the dataset was preprocessed from?")
+    x0, y0, side = crop
+    return ((truth[:n_frames] - np.array([x0, y0], np.float32)) * (size / side)).astype(np.float32)
 
 
 def write_subject(folder: str | Path, *, fps: int, size: int, portrait: dict[str, Any], seed: int,
