@@ -26,6 +26,7 @@ from ua3dtalk.data.preprocess import preprocess_videos  # noqa: E402
 from ua3dtalk.data.truth import ClipTruth, read_subject  # noqa: E402
 
 GROUPS = {"all 478": slice(None), "lips": list(lmk.LIPS_OUTER + lmk.LIPS_INNER),
+          "outer lips": list(lmk.LIPS_OUTER), "inner lips": list(lmk.LIPS_INNER),
           "eyes": list(lmk.LEFT_EYE + lmk.RIGHT_EYE), "face oval": list(lmk.FACE_OVAL)}
 
 
@@ -43,7 +44,7 @@ def motion_agreement(measured: list[np.ndarray], true: list[np.ndarray]) -> None
     t = np.concatenate([c - c.mean(0) for c in true])
     print("\nlandmark motion about each clip's mean, measured vs true (what the landmark flow fits):")
     print(f"  {'group':10s} axis  rms true px  slope  corr  rel. error")
-    for g in ("lips", "eyes", "face oval"):
+    for g in ("outer lips", "inner lips", "eyes", "face oval"):
         for axis, name in enumerate("xy"):
             mm, tt = m[:, GROUPS[g], axis].ravel(), t[:, GROUPS[g], axis].ravel()
             print(f"  {g:10s} {name:4s} {np.sqrt((tt ** 2).mean()):11.2f} {(mm * tt).sum() / (tt * tt).sum():6.2f} "

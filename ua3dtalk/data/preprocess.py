@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from ua3dtalk.config import EMOTIONS
 from ua3dtalk.data import landmarks as lmk
+from ua3dtalk.data.lip_tracking import track_outer_lips
 
 DATASET_VERSION = 1
 FPS = 25
@@ -377,8 +378,15 @@ def background_plate(samples: list[tuple[np.ndarray, np.ndarray]], size: int) ->
     return plate
 
 
-def _write(tmp: Path, videos: list[_Video], results: list[_ClipResult], size: int) -> dict:
+def _grey_frames(folder: Path, n: int) -> list[np.ndarray]:
+    return [cv2.imread(str(folder / f"{i:06d}.jpg"), cv2.IMREAD_GRAYSCALE) for i in range(n)]
+
+
+def _write(tmp: Path, videos: list[_Video], results: list[_ClipResult], size: int, track_lips: bool) -> dict:
     lms = [fill_and_smooth(r.landmarks) for r in results]
+    if track_lips:
+        lms = [track_outer_lips(_grey_frames(tmp / "frames" / v.name, len(lm)), lm)
+               for v, lm in zip(tqdm(videos, desc="track the outer lips", unit="clip"), lms, strict=True)]
     all_lm = np.concatenate(lms)
     K, viewmats, canonical, err = fit_head_pose(all_lm, size, [len(lm) for lm in lms])
     clips, start = [], 0
@@ -406,6 +414,7 @@ def _write(tmp: Path, videos: list[_Video], results: list[_ClipResult], size: in
     cv2.imwrite(str(tmp / "background.png"), plate[..., ::-1])
     meta = {"version": DATASET_VERSION, "fps": FPS, "size": size, "K": K.tolist(),
             "emotions": list(EMOTIONS), "clips": clips,
+            "outer_lips": "optical flow" if track_lips else "mediapipe",
             "reprojection_px": float(err.mean()), "frame_rate_policy": f"resampled to constant {FPS} fps"}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
@@ -429,11 +438,12 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 def preprocess_videos(videos: list[str], out: str, emotion: str | None = None,
-                      intensity: int | None = None, size: int = 512) -> Path:
+                      intensity: int | None = None, size: int = 512, track_lips: bool = False) -> Path:
     """Turn one or more videos of the same person into a subject dataset at
     ``out`` and return its path. Emotion/level come from the options, else
     from MEAD-style names, else neutral level 1 (recorded per clip as
-    ``label_source``). Videos in a heldout/test/val folder form the held-out split."""
+    ``label_source``). Videos in a heldout/test/val folder form the held-out split.
+    ``track_lips`` moves the outer-lip landmarks by optical flow (ua3dtalk.data.lip_tracking)."""
     if not videos:
         raise ValueError("no video given")
     if size < 32:
@@ -454,7 +464,7 @@ def preprocess_videos(videos: list[str], out: str, emotion: str | None = None,
         for v, full, box in zip(descs, faces, boxes):
             _extract_audio(v.path, tmp / "audio" / f"{v.name}.wav")
             results.append(_decode_clip(v, box, len(full), tmp / "frames" / v.name, size, per_clip))
-        _write(tmp, descs, results, size)
+        _write(tmp, descs, results, size, track_lips)
         _move_into_place(tmp, out_path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
