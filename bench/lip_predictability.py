@@ -6,9 +6,10 @@ On a synthesized subject the lips' true motion is known: ``synth``'s own landmar
 pixels follow. A ridge regression from each frame's audio window (the log-mel features the demo preset
 reads, the 80 bands averaged over a frame's four hops, +-``--window`` frames) and the emotion label
 (one-hot times intensity) to the 80 lip landmarks is fitted on the training clips, once to the truth and
-once to MediaPipe's landmarks (the landmark flow's targets), and scored against the truth on training and
+once to the dataset's landmarks (the landmark flow's targets: MediaPipe's, or with ``preprocess
+--track-lips`` the outer lips moved by optical flow), and scored against the truth on training and
 held-out frames: slope of predicted on true motion and relative error, the motion taken about the
-training frames' mean. A linear reference for what the audio carries, beside what MediaPipe reports.
+training frames' mean. A linear reference for what the audio carries, beside what the landmarks report.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ LIPS = list(lmk.LIPS_OUTER + lmk.LIPS_INNER)
 
 
 def split_arrays(data: SubjectDataset, synth: Path, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per frame of the split: audio window and label [T, F], true and MediaPipe lip landmarks [T, 160]."""
+    """Per frame of the split: audio window and label [T, F], true and dataset lip landmarks [T, 160]."""
     extractor = audio_io.get_extractor("logmel", device="cpu")
     crops = {c["name"]: c["crop"] for c in data.meta["clips"]}
     inputs, true, measured = [], [], []
@@ -60,8 +61,8 @@ def main() -> None:
     ap.add_argument("--ridge", type=float, default=3.0, help="ridge penalty on the standardised inputs")
     args = ap.parse_args()
 
-    train_x, train_true, train_mp = split_arrays(SubjectDataset(args.data, "train"), Path(args.synth), args.window)
-    test_x, test_true, test_mp = split_arrays(SubjectDataset(args.data, "heldout"), Path(args.synth), args.window)
+    train_x, train_true, train_data_lm = split_arrays(SubjectDataset(args.data, "train"), Path(args.synth), args.window)
+    test_x, test_true, test_data_lm = split_arrays(SubjectDataset(args.data, "heldout"), Path(args.synth), args.window)
     centre, spread = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, test_x = (train_x - centre) / spread, (test_x - centre) / spread
     gram = train_x.T @ train_x + args.ridge * np.eye(train_x.shape[1])
@@ -70,11 +71,11 @@ def main() -> None:
           f"ridge {args.ridge}; slope / relative error against the true lip motion\n")
     print("| lip motion | training frames | held-out frames |")
     print("| --- | ---: | ---: |")
-    # MediaPipe's own static offset is not motion: each source is centred on its training mean
-    as_truth = mean - train_mp.mean(0)
-    print(f"| MediaPipe's landmarks (the flow's targets) | {score(train_mp + as_truth, train_true, mean)} "
-          f"| {score(test_mp + as_truth, test_true, mean)} |")
-    for name, target in (("audio regression fitted to MediaPipe's landmarks", train_mp),
+    # the landmarks' own static offset is not motion: each source is centred on its training mean
+    as_truth = mean - train_data_lm.mean(0)
+    print(f"| the dataset's landmarks (the flow's targets) | {score(train_data_lm + as_truth, train_true, mean)} "
+          f"| {score(test_data_lm + as_truth, test_true, mean)} |")
+    for name, target in (("audio regression fitted to the dataset's landmarks", train_data_lm),
                          ("audio regression fitted to the truth", train_true)):
         weights = np.linalg.solve(gram, train_x.T @ (target - target.mean(0)))
         print(f"| {name} | {score(train_x @ weights + mean, train_true, mean)} "

@@ -232,7 +232,7 @@ def main() -> None:
         report(name, branch_motion(net, views, fusion), time.perf_counter() - start)
 
     if args.truth:
-        report("MediaPipe's landmarks (the flow's targets)",
+        report("the dataset's landmarks (the flow's targets)",
                lambda frames, chosen: bound(frames.motion[chosen], binding), 0)
     if "subject" in args.rows:
         report("trained subject", branch_motion(model.face_net, subject_views, model.cfg.fusion), 0)

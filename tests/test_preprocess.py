@@ -298,16 +298,16 @@ def test_pose_smoothing_removes_jitter_within_clips_only() -> None:
     assert np.allclose(smooth[:, 2, 3], 8.0)
 
 
-def test_track_lips_moves_the_outer_lips_with_the_pixels(tmp_path: Path) -> None:
-    from ua3dtalk.data.landmarks import LIPS_OUTER
+def test_track_lips_moves_the_lips_with_the_pixels(tmp_path: Path) -> None:
+    from ua3dtalk.data.landmarks import LIPS_INNER, LIPS_OUTER
 
     frames = _face_frames(30)
     video = _video(tmp_path / "videos" / "train" / "neutral_level_1_000.mp4", frames)
     data = pp.preprocess_videos([str(video)], str(tmp_path / "data"), size=OUT, track_lips=True)
     meta = json.loads((data / "meta.json").read_text())
-    assert meta["outer_lips"] == "optical flow"
+    assert meta["lips"] == "optical flow"
     x0, y0, side = meta["clips"][0]["crop"]
-    lips = np.load(data / "landmarks.npy")[:, list(LIPS_OUTER), :2].mean(1)      # [T, 2] crop pixels
+    lips = np.load(data / "landmarks.npy")[:, list(LIPS_OUTER + LIPS_INNER), :2].mean(1)   # [T, 2] crop pixels
     drift = np.array([(round(4 * np.cos(t / 6)), round(3 * np.sin(t / 4))) for t in range(30)], float) * OUT / side
     error = (lips - lips[0]) - (drift - drift[0])
     assert np.abs(error).max() < 0.35

@@ -35,7 +35,7 @@ def _preprocess(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--intensity", type=int, default=None, choices=(1, 2, 3))
     p.add_argument("--size", type=int, default=512, help="crop size in pixels")
     p.add_argument("--track-lips", action="store_true",
-                   help="move the outer-lip landmarks by optical flow within each clip (MediaPipe's mesh "
+                   help="move the lip landmarks by optical flow within each clip (MediaPipe's mesh "
                         "under-states the lips' motion; see bench/preprocess_accuracy.py)")
 
     def run(a: argparse.Namespace) -> None:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ua3dtalk.config import EMOTIONS
 from ua3dtalk.data import landmarks as lmk
-from ua3dtalk.data.lip_tracking import track_outer_lips
+from ua3dtalk.data import lip_tracking
 
 DATASET_VERSION = 1
 FPS = 25
@@ -385,8 +385,8 @@ def _grey_frames(folder: Path, n: int) -> list[np.ndarray]:
 def _write(tmp: Path, videos: list[_Video], results: list[_ClipResult], size: int, track_lips: bool) -> dict:
     lms = [fill_and_smooth(r.landmarks) for r in results]
     if track_lips:
-        lms = [track_outer_lips(_grey_frames(tmp / "frames" / v.name, len(lm)), lm)
-               for v, lm in zip(tqdm(videos, desc="track the outer lips", unit="clip"), lms, strict=True)]
+        lms = [lip_tracking.track_lips(_grey_frames(tmp / "frames" / v.name, len(lm)), lm)
+               for v, lm in zip(tqdm(videos, desc="track the lips", unit="clip"), lms, strict=True)]
     all_lm = np.concatenate(lms)
     K, viewmats, canonical, err = fit_head_pose(all_lm, size, [len(lm) for lm in lms])
     clips, start = [], 0
@@ -414,7 +414,7 @@ def _write(tmp: Path, videos: list[_Video], results: list[_ClipResult], size: in
     cv2.imwrite(str(tmp / "background.png"), plate[..., ::-1])
     meta = {"version": DATASET_VERSION, "fps": FPS, "size": size, "K": K.tolist(),
             "emotions": list(EMOTIONS), "clips": clips,
-            "outer_lips": "optical flow" if track_lips else "mediapipe",
+            "lips": "optical flow" if track_lips else "mediapipe",
             "reprojection_px": float(err.mean()), "frame_rate_policy": f"resampled to constant {FPS} fps"}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
@@ -443,7 +443,7 @@ def preprocess_videos(videos: list[str], out: str, emotion: str | None = None,
     ``out`` and return its path. Emotion/level come from the options, else
     from MEAD-style names, else neutral level 1 (recorded per clip as
     ``label_source``). Videos in a heldout/test/val folder form the held-out split.
-    ``track_lips`` moves the outer-lip landmarks by optical flow (ua3dtalk.data.lip_tracking)."""
+    ``track_lips`` moves the lip landmarks by optical flow (ua3dtalk.data.lip_tracking)."""
     if not videos:
         raise ValueError("no video given")
     if size < 32:
