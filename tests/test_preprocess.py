@@ -298,14 +298,17 @@ def test_pose_smoothing_removes_jitter_within_clips_only() -> None:
     assert np.allclose(smooth[:, 2, 3], 8.0)
 
 
-def test_track_lips_moves_the_lips_with_the_pixels(tmp_path: Path) -> None:
+def test_track_lips_moves_the_lips_with_the_pixels_and_keeps_the_cameras(tmp_path: Path) -> None:
     from ua3dtalk.data.landmarks import LIPS_INNER, LIPS_OUTER
 
     frames = _face_frames(30)
     video = _video(tmp_path / "videos" / "train" / "neutral_level_1_000.mp4", frames)
+    plain = pp.preprocess_videos([str(video)], str(tmp_path / "plain"), size=OUT)
     data = pp.preprocess_videos([str(video)], str(tmp_path / "data"), size=OUT, track_lips=True)
     meta = json.loads((data / "meta.json").read_text())
     assert meta["lips"] == "optical flow"
+    assert json.loads((plain / "meta.json").read_text())["lips"] == "mediapipe"
+    np.testing.assert_array_equal(np.load(data / "viewmats.npy"), np.load(plain / "viewmats.npy"))
     x0, y0, side = meta["clips"][0]["crop"]
     lips = np.load(data / "landmarks.npy")[:, list(LIPS_OUTER + LIPS_INNER), :2].mean(1)   # [T, 2] crop pixels
     drift = np.array([(round(4 * np.cos(t / 6)), round(3 * np.sin(t / 4))) for t in range(30)], float) * OUT / side

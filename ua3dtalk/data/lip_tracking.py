@@ -1,13 +1,15 @@
-"""Lip landmarks re-tracked by the pixels' own motion.
+"""Lip landmarks whose motion within a clip comes from the pixels' own motion.
 
 MediaPipe's face mesh under-states how far the lips move: on a synthesized
 subject, whose true landmarks move its pixels, its outer-lip landmarks move
 55 % as far sideways as the truth (``bench/preprocess_accuracy.py``), and the
 landmark flow loss teaches the audio path that damped motion. Dense optical
-flow from one frame of the clip follows the lips more closely. The inner lips
-border the mouth's opening, where teeth and shadow appear and the flow has
-nothing to follow, so each inner landmark moves as the middle of the lip does,
-halfway to its outer partner.
+flow from one frame of the clip follows the lips more closely. Where the lips
+sit on average over the clip stays MediaPipe's (its errors average out over
+the frames; one frame's would not). The inner lips border the mouth's opening,
+where teeth and shadow appear and the flow has nothing to follow, so each
+inner landmark moves as the middle of the lip does, halfway to its outer
+partner.
 """
 from __future__ import annotations
 
@@ -26,25 +28,28 @@ def typical_frame(landmarks: np.ndarray, points: Sequence[int]) -> int:
 
 
 def track_lips(frames: Sequence[np.ndarray], landmarks: np.ndarray) -> np.ndarray:
-    """One clip's landmarks [T, 478, C] with the lips' x, y moved by optical flow.
+    """One clip's landmarks [T, 478, C] with the lips' x, y moving as the pixels do.
 
     ``frames``: the clip's T grayscale uint8 crops, in which ``landmarks`` are
-    pixels. Each frame's lips are the typical frame's (MediaPipe's there) plus
-    the dense flow (OpenCV's DIS) from that frame to this one: at each outer-lip
-    landmark, and for an inner one at the middle of the lip (the two rings run
-    in the same order, so ``LIPS_INNER[i]`` faces ``LIPS_OUTER[i]``).
+    pixels. Each lip landmark's motion is the dense flow (OpenCV's DIS) from the
+    clip's typical frame to each frame, at the landmark there (for an inner one,
+    at the middle of the lip: the two rings run in the same order, so
+    ``LIPS_INNER[i]`` faces ``LIPS_OUTER[i]``), about its mean over the clip;
+    the landmark's clip mean stays MediaPipe's.
     """
     if len(frames) != len(landmarks):
         raise ValueError(f"{len(frames)} frames for {len(landmarks)} landmark rows")
     outer, inner = list(LIPS_OUTER), list(LIPS_INNER)
+    lips = outer + inner
     reference = typical_frame(landmarks, outer)
-    start = landmarks[reference, outer + inner, :2].astype(np.float32)
-    sampled = np.concatenate([start[:len(outer)], (start[:len(outer)] + start[len(outer):]) / 2])
+    at = landmarks[reference, lips, :2].astype(np.float32)
+    sampled = np.concatenate([at[:len(outer)], (at[:len(outer)] + at[len(outer):]) / 2])
     map_x, map_y = sampled[None, :, 0], sampled[None, :, 1]
     flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    out = landmarks.copy()
+    moved = np.empty((len(frames), len(lips), 2), np.float32)
     for t, frame in enumerate(frames):
         field = flow.calc(frames[reference], frame, None)                        # [H, W, 2]
-        moved = np.stack([cv2.remap(field[..., axis], map_x, map_y, cv2.INTER_LINEAR)[0] for axis in (0, 1)], -1)
-        out[t, outer + inner, :2] = start + moved
+        moved[t] = np.stack([cv2.remap(field[..., axis], map_x, map_y, cv2.INTER_LINEAR)[0] for axis in (0, 1)], -1)
+    out = landmarks.copy()
+    out[:, lips, :2] = landmarks[:, lips, :2].mean(0) + moved - moved.mean(0)
     return out

@@ -384,11 +384,11 @@ def _grey_frames(folder: Path, n: int) -> list[np.ndarray]:
 
 def _write(tmp: Path, videos: list[_Video], results: list[_ClipResult], size: int, track_lips: bool) -> dict:
     lms = [fill_and_smooth(r.landmarks) for r in results]
-    if track_lips:
+    K, viewmats, canonical, err = fit_head_pose(np.concatenate(lms), size, [len(lm) for lm in lms])
+    if track_lips:   # after the pose: the lips never define it
         lms = [lip_tracking.track_lips(_grey_frames(tmp / "frames" / v.name, len(lm)), lm)
                for v, lm in zip(tqdm(videos, desc="track the lips", unit="clip"), lms, strict=True)]
     all_lm = np.concatenate(lms)
-    K, viewmats, canonical, err = fit_head_pose(all_lm, size, [len(lm) for lm in lms])
     clips, start = [], 0
     for v, r, lm in zip(videos, results, lms, strict=True):
         mdir = tmp / "masks" / v.name
