@@ -25,8 +25,10 @@ Rows:
 The refits run ``--steps`` Adam steps of ``--batch`` training frames at the
 training rates. With ``--truth SYNTH_DIR`` (the ``ua3dtalk synth`` folder the
 dataset came from) every row is scored against the synthesized truth's
-landmarks, which the video's pixels follow, instead of MediaPipe's; the
-refits still fit MediaPipe's, as training does.
+landmarks, which the video's pixels follow, instead of the dataset's
+(MediaPipe's, or moved by ``preprocess --track-lips``), and a row for the
+dataset's landmarks themselves comes first; the refits still fit the
+dataset's, as training does.
 """
 from __future__ import annotations
 
@@ -198,7 +200,7 @@ def main() -> None:
     print(f"{args.subject}: {len(xyz)} face Gaussians ({int(lips.sum())} on the lips), {len(train)} training and "
           f"{len(test)} held-out frames (every {args.frame_stride}th measured); refits: {args.steps} steps of "
           f"{args.batch} frames, flow emphasis {args.emphasis}; scored against "
-          f"{'the synthesized truth' if args.truth else 'MediaPipe'}'s landmarks; CPU\n")
+          f"{'the synthesized truth' if args.truth else 'the dataset'}'s landmarks; CPU\n")
     print("| face branch | training: lips slope / rel. error | training: rest | held out: lips | held out: rest "
           "| seconds |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
