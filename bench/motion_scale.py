@@ -8,7 +8,7 @@ If the image loss damped the lips' motion below what the audio predicts well, a
 scale above 1 would lift held-out PSNR; if the damping is the image loss's best
 guess for motion it cannot predict, 1 is the best scale. Held-out frames are
 each clip's first ``--heldout-frames`` (as ``ua3dtalk eval --max-frames``),
-training frames each training clip's first ``--train-frames``.
+training frames each training clip's first ``--train-frames`` (0 skips a split).
 """
 from __future__ import annotations
 
@@ -82,15 +82,16 @@ def main() -> None:
     device = pick_device(args.device)
     model = load_checkpoint(args.subject, device).eval()
     scaler = OffsetScaler(model)
-    results = {split: score_split(model, scaler, SubjectDataset(args.data, split), frames, args.scales, device)
-               for split, frames in (("heldout", args.heldout_frames), ("train", args.train_frames))}
+    splits = {name: frames for name, frames in (("held out", args.heldout_frames),
+                                                 ("training frames", args.train_frames)) if frames > 0}
+    results = {name: score_split(model, scaler, SubjectDataset(args.data, "heldout" if name == "held out" else "train"),
+                                 frames, args.scales, device) for name, frames in splits.items()}
     print(f"{args.subject} on {device}: head-region PSNR (dB) / SSIM with the offsets scaled about "
           "each clip's mean\n")
-    print("| scale | held out | training frames |")
-    print("| ---: | ---: | ---: |")
+    print("| scale | " + " | ".join(splits) + " |")
+    print("| ---: |" + " ---: |" * len(splits))
     for s in args.scales:
-        (hp, hs), (tp, ts) = results["heldout"][s], results["train"][s]
-        print(f"| {s:g} | {hp:.2f} / {hs:.4f} | {tp:.2f} / {ts:.4f} |")
+        print(f"| {s:g} | " + " | ".join(f"{results[n][s][0]:.2f} / {results[n][s][1]:.4f}" for n in splits) + " |")
 
 
 if __name__ == "__main__":
