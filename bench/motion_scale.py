@@ -47,10 +47,10 @@ class OffsetScaler:
 
 
 @torch.no_grad()
-def score_split(model: TalkingHead, scaler: OffsetScaler, data: SubjectDataset, frames: int,
-                scales: list[float], device: torch.device) -> dict[float, tuple[float, float]]:
+def score_split(model: TalkingHead, scaler: OffsetScaler, extractor: audio_io.FeatureExtractor,
+                data: SubjectDataset, frames: int, scales: list[float], device: torch.device
+                ) -> dict[float, tuple[float, float]]:
     """Mean head PSNR and SSIM over the split's clips' first ``frames`` frames, per scale."""
-    extractor = audio_io.get_extractor(model.cfg.audio_features, device=str(device))
     psnrs: dict[float, list[torch.Tensor]] = {s: [] for s in scales}
     ssims: dict[float, list[torch.Tensor]] = {s: [] for s in scales}
     for clip in range(len(data.clips)):
@@ -82,16 +82,18 @@ def main() -> None:
     device = pick_device(args.device)
     model = load_checkpoint(args.subject, device).eval()
     scaler = OffsetScaler(model)
-    splits = {name: frames for name, frames in (("held out", args.heldout_frames),
-                                                 ("training frames", args.train_frames)) if frames > 0}
-    results = {name: score_split(model, scaler, SubjectDataset(args.data, "heldout" if name == "held out" else "train"),
-                                 frames, args.scales, device) for name, frames in splits.items()}
+    extractor = audio_io.get_extractor(model.cfg.audio_features, device=str(device))
+    splits = [(label, split, frames) for label, split, frames in (("held out", "heldout", args.heldout_frames),
+                                                                   ("training frames", "train", args.train_frames))
+              if frames > 0]
+    results = {label: score_split(model, scaler, extractor, SubjectDataset(args.data, split), frames,
+                                  args.scales, device) for label, split, frames in splits}
     print(f"{args.subject} on {device}: head-region PSNR (dB) / SSIM with the offsets scaled about "
           "each clip's mean\n")
-    print("| scale | " + " | ".join(splits) + " |")
-    print("| ---: |" + " ---: |" * len(splits))
+    print("| scale | " + " | ".join(results) + " |")
+    print("| ---: |" + " ---: |" * len(results))
     for s in args.scales:
-        print(f"| {s:g} | " + " | ".join(f"{results[n][s][0]:.2f} / {results[n][s][1]:.4f}" for n in splits) + " |")
+        print(f"| {s:g} | " + " | ".join(f"{r[s][0]:.2f} / {r[s][1]:.4f}" for r in results.values()) + " |")
 
 
 if __name__ == "__main__":
