@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from ua3dtalk.metrics import MOUTH
+from ua3dtalk.metrics import MOUTH, lip_box
 from ua3dtalk.model import load_checkpoint
 from ua3dtalk.data.dataset import MOUTH_LABEL, SubjectDataset
-from ua3dtalk.train import Batches, Trainer, initial_geometry, mouth_source_frames
+from ua3dtalk.train import LIP_BOX_MARGIN, Batches, Trainer, initial_geometry, mouth_source_frames
 
 from subject_fixtures import tiny_options
 
@@ -403,3 +403,38 @@ def test_flow_sample_estimates_the_flow_term_from_a_fresh_random_subset_of_the_f
     assert Trainer(tiny_subject, tmp_path / "all", tiny_options(flow_sample=10**6))._flow_sample() is None
     with pytest.raises(ValueError, match="flow_sample"):
         Trainer(tiny_subject, tmp_path / "x", tiny_options(flow_sample=-1))
+
+
+def test_the_opening_term_moves_the_face_gaussians_without_fading_them(tiny_subject, tmp_path):
+    """``opening_weight`` adds the face Gaussians' coverage of the lip box against the ground
+    truth's (none in the mouth's opening) to the face phases' loss. Its gradient reaches their
+    per-frame offsets (the face branch) but not their opacity or shape, which all frames share,
+    and following it clears the opening."""
+    trainer = Trainer(tiny_subject, tmp_path / "opening", tiny_options(iterations=12, opening_weight=1.0))
+    torch.manual_seed(0)
+    batch, cond = trainer._batch()
+    while not (batch["mask"] == MOUTH_LABEL).any():
+        batch, cond = trainer._batch()
+    _, stats, out = trainer._render_loss(batch, cond, "face")
+    assert stats["opening"] > 0
+    _, mouth_stats, _ = trainer._render_loss(batch, cond, "mouth")
+    assert "opening" not in mouth_stats
+    trainer.model.zero_grad(set_to_none=True)
+    size = trainer.data.size
+    lips = lip_box(batch["landmarks"].float(), size, LIP_BOX_MARGIN * size / 512)
+    trainer._opening_loss(cond, out.face, batch["mask"], lips).backward()
+    face = trainer.model.face
+    for shared in (face.opacity_raw, face.scaling_raw, face.rotation_raw, face.sh_dc):
+        assert shared.grad is None or not shared.grad.any()
+    assert any(p.grad is not None and p.grad.any() for p in trainer.model.face_net.parameters())
+
+    offsets = out.face.d_xyz.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([offsets], lr=2e-3)
+    losses = []
+    for _ in range(30):
+        loss = trainer._opening_loss(cond, replace(out.face, d_xyz=offsets), batch["mask"], lips.detach())
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[-1] < 0.8 * losses[0], losses

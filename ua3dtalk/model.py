@@ -154,7 +154,7 @@ class TalkingHead(nn.Module):
         colors = torch.cat([self.face.colors(centers), self.mouth.colors(centers)], dim=1)
         extras = self._uncertainty_channels(face, mouth) if with_maps else None
 
-        K = scale_intrinsics(self.K, size / self.background.shape[-1]).expand(batch, 3, 3)
+        K = self._intrinsics(size, batch)
         background = self.background
         if background.shape[-1] != size:
             background = F.interpolate(background[None], size=(size, size), mode="bilinear",
@@ -168,6 +168,20 @@ class TalkingHead(nn.Module):
             maps = out.extras.view(batch, size, size, n_views, len(UNCERTAINTY_KINDS)).permute(0, 3, 4, 1, 2)
         return ModelOutput(image=image, alpha=out.alpha, uncertainty=maps, means2d=out.means2d,
                            radii=out.radii, face=face, mouth=mouth, emotion=emotion)
+
+    def _intrinsics(self, size: int, batch: int) -> Tensor:
+        return scale_intrinsics(self.K, size / self.background.shape[-1]).expand(batch, 3, 3)
+
+    def face_coverage(self, cond: Conditioning, face: DeformOutput, size: int, backend: str = "auto") -> Tensor:
+        """[B,H,W] opacity of the face Gaussians alone (no inside of the mouth), differentiable only
+        through their per-frame positions: a term on it then moves the lips out of the mouth's
+        opening instead of fading them, since opacity and shape are shared by all frames."""
+        batch, n = cond.frames.shape[0], self.face.num_points
+        out = rasterize(self.face.xyz.detach() + face.d_xyz, (self.face.rotation_raw + face.d_rotation).detach(),
+                        torch.exp(self.face.scaling_raw + face.d_scale).detach(),
+                        self.face.opacity.detach().expand(batch, -1), face.d_xyz.new_zeros(n, 3),
+                        cond.viewmats, self._intrinsics(size, batch), size, size, backend=backend)
+        return out.alpha[..., 0]
 
     def frame_views(self, cond: Conditioning) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
         """The per-frame views both motion networks read (audio with the eye openness, content,
