@@ -8,6 +8,7 @@ the ground truth) on the frames ``ua3dtalk eval --max-frames N`` renders, and re
   holes in the lips where the inside of the mouth shows through.
 
     python bench/opening_coverage.py --subject checkpoints/demo --data data/demo [--max-frames 15] [--device cuda]
+        [--split train] [--only surprised_level_3 ...]
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--subject", default="checkpoints/demo")
     ap.add_argument("--data", default="data/demo")
     ap.add_argument("--split", default="heldout", choices=("heldout", "train"))
+    ap.add_argument("--only", nargs="*", default=None, help="clips whose names contain one of these")
     ap.add_argument("--max-frames", type=int, default=15, help="first N frames of each clip, as `ua3dtalk eval`")
     ap.add_argument("--margin", type=float, default=10.0, help="pixels around the lip landmarks")
     ap.add_argument("--batch-size", type=int, default=4, help="frames per forward pass")
@@ -44,6 +46,8 @@ def main() -> None:
     print("| --- | ---: | ---: |")
     totals = torch.zeros(4, dtype=torch.float64)   # covered opacity, opening pixels, holes, lip pixels
     for clip, info in enumerate(data.clips):
+        if args.only and not any(word in info.name for word in args.only):
+            continue
         features = extractor(data.audio(clip)[0]).to(device, torch.float32)
         indices = list(data.clip_frames(clip))[:args.max_frames]
         sums = torch.zeros(4, dtype=torch.float64)
