@@ -33,14 +33,15 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="clips whose names contain one of these")
     ap.add_argument("--max-frames", type=int, default=15, help="first N frames of each clip, as `ua3dtalk eval`")
     ap.add_argument("--margin", type=float, default=10.0, help="pixels around the lip landmarks")
+    ap.add_argument("--size", type=int, default=None, help="render at this size (default: the dataset's)")
     ap.add_argument("--batch-size", type=int, default=4, help="frames per forward pass")
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     device = pick_device(args.device)
     model = load_checkpoint(args.subject, device).eval()
-    data = SubjectDataset(args.data, args.split)
+    data = SubjectDataset(args.data, args.split, size=args.size)
     extractor = audio_io.get_extractor(model.cfg.audio_features, device=str(device))
-    print(f"{args.subject} on {device}: {args.split} clips, first {args.max_frames} frames, "
+    print(f"{args.subject} on {device}: {args.split} clips, first {args.max_frames} frames at {data.size} px, "
           f"lip box margin {args.margin:g} px\n")
     print("| clip | opening covered | lips uncovered |")
     print("| --- | ---: | ---: |")
