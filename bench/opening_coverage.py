@@ -58,8 +58,7 @@ def main() -> None:
             masks = torch.stack([torch.as_tensor(it["mask"]) for it in items]).to(device)
             landmarks = torch.stack([torch.as_tensor(it["landmarks"]) for it in items]).float().to(device)
             views, embedding, _ = model.frame_views(cond)
-            face = model.face_net(model.face.xyz, model.with_emotion(views, model.face.xyz, embedding),
-                                  fusion=model.cfg.fusion, stage=2)
+            face = model.face_motion(views, embedding, model.cfg.fusion)
             coverage = model.face_coverage(cond, face, data.size).double()
             box = lip_box(landmarks, data.size, args.margin) & head_region(masks)
             opening = box & (masks == MOUTH_LABEL)

@@ -136,8 +136,7 @@ class TalkingHead(nn.Module):
         size = size or self.background.shape[-1]
         fusion = fusion or cfg.fusion
         views, embedding, emotion = self.frame_views(cond)
-        face = self.face_net(self.face.xyz, self.with_emotion(views, self.face.xyz, embedding),
-                             fusion=fusion, stage=stage)
+        face = self.face_motion(views, embedding, fusion, stage)
         mouth_views = self.with_emotion(views, self.mouth.xyz, embedding) if "emotion" in cfg.mouth_views else views
         mouth = self.mouth_net(self.mouth.xyz, mouth_views, fusion=fusion, stage=stage)
 
@@ -168,6 +167,12 @@ class TalkingHead(nn.Module):
             maps = out.extras.view(batch, size, size, n_views, len(UNCERTAINTY_KINDS)).permute(0, 3, 4, 1, 2)
         return ModelOutput(image=image, alpha=out.alpha, uncertainty=maps, means2d=out.means2d,
                            radii=out.radii, face=face, mouth=mouth, emotion=emotion)
+
+    def face_motion(self, views: dict[str, Tensor], embedding: Tensor, fusion: str, stage: int = 2,
+                    xyz: Tensor | None = None) -> DeformOutput:
+        """The face branch's deformation of the face Gaussians (or of those at ``xyz``) for these frames' views."""
+        xyz = self.face.xyz if xyz is None else xyz
+        return self.face_net(xyz, self.with_emotion(views, xyz, embedding), fusion=fusion, stage=stage)
 
     def _intrinsics(self, size: int, batch: int) -> Tensor:
         return scale_intrinsics(self.K, size / self.background.shape[-1]).expand(batch, 3, 3)

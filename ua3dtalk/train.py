@@ -429,10 +429,9 @@ class Trainer:
         """The unweighted flow term of one batch from the face branch alone (no rendering), over the
         ``chosen`` face Gaussians or all of them."""
         model = self.model
-        xyz = model.face.xyz if chosen is None else model.face.xyz[chosen]
+        xyz = None if chosen is None else model.face.xyz[chosen]
         views, embedding, _ = model.frame_views(cond)
-        face = model.face_net(xyz, model.with_emotion(views, xyz, embedding), fusion=self.cfg.fusion,
-                              stage=self._stage())
+        face = model.face_motion(views, embedding, self.cfg.fusion, self._stage(), xyz)
         return self._flow_loss(batch, face.d_xyz, chosen)
 
     def _flow_sample(self) -> Tensor | None:
@@ -470,7 +469,7 @@ class Trainer:
         background = self.model.background[None].expand_as(gt)
         target = torch.where(head[:, None], gt, background)
         weight = region[:, None].float()
-        opening = pred.new_zeros(())
+        opening = None
         if phase != "mouth":  # outside the head the target is the plate
             lips = lip_box(batch["landmarks"].float(), size, LIP_BOX_MARGIN * size / 512)
             weight = 1 + o.lip_weight * lips[:, None].float()
@@ -491,12 +490,13 @@ class Trainer:
         deform = out.face.d_xyz.pow(2).mean() + out.mouth.d_xyz.pow(2).mean()
         flow = self._flow_loss(batch, out.face.d_xyz)
         loss = loss + o.sync_weight * sync + o.distill_weight * distill + o.nll_weight * nll + \
-            o.deform_weight * deform + o.flow_weight * flow + o.opening_weight * opening
+            o.deform_weight * deform + o.flow_weight * flow
         with torch.no_grad():
             quality = psnr(pred.clamp(0, 1), target).mean()
         stats = {"l1": l1.detach(), "sync": sync.detach(), "distill": distill.detach(), "nll": nll.detach(),
                  "flow": flow.detach(), "psnr": quality, "stage": stage}
-        if o.opening_weight and phase != "mouth":
+        if opening is not None:
+            loss = loss + o.opening_weight * opening
             stats["opening"] = opening.detach()
         return loss, stats, out
 
