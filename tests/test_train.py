@@ -438,3 +438,28 @@ def test_the_opening_term_moves_the_face_gaussians_without_fading_them(tiny_subj
         loss.backward()
         optimizer.step()
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_a_finetune_trains_the_schedules_last_steps_again_from_a_trained_subject(tiny_trainer, tiny_subject,
+                                                                                 tmp_path):
+    trained = load_checkpoint(tiny_trainer.out).state_dict()
+    tuner = Trainer(tiny_subject, tmp_path / "ft", tiny_options(iterations=40, finetune=str(tiny_trainer.out),
+                                                                finetune_steps=4))
+    assert tuner.step == 36 and not tuner.optimizer.state          # a fresh optimiser at the schedule's end
+    start = {key: value.detach().clone() for key, value in tuner.model.state_dict().items()}
+    assert all(torch.equal(start[key].cpu(), trained[key]) for key in trained)
+    tuner.run()
+    assert tuner.step == 40 and [h["phase"] for h in tuner.history] == ["fusion"] * 4
+    tuned = load_checkpoint(tmp_path / "ft").state_dict()
+    assert not torch.equal(tuned["face.xyz"], trained["face.xyz"])
+
+
+def test_a_finetune_refuses_options_of_another_model_or_beyond_the_fusion_phase(tiny_trainer, tiny_subject,
+                                                                                 tmp_path):
+    subject = str(tiny_trainer.out)
+    with pytest.raises(ValueError, match="fusion: 'uncertainty' in the checkpoint, 'uniform' asked"):
+        Trainer(tiny_subject, tmp_path / "a", tiny_options(iterations=40, finetune=subject, fusion="uniform"))
+    with pytest.raises(ValueError, match="from 1 to the 16 steps"):   # 40 - ceil(0.6 * 40)
+        Trainer(tiny_subject, tmp_path / "b", tiny_options(iterations=40, finetune=subject, finetune_steps=17))
+    with pytest.raises(FileNotFoundError, match="not-a-subject"):
+        Trainer(tiny_subject, tmp_path / "c", tiny_options(iterations=40, finetune=str(tmp_path / "not-a-subject")))

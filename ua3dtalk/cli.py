@@ -58,6 +58,12 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--preset", default="demo", choices=("demo", "paper"))
     p.add_argument("--iterations", type=int, default=None, help="total iterations (default: the preset's)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint folder's training state")
+    p.add_argument("--finetune", default=None, metavar="SUBJECT",
+                   help="start from a trained subject (bundled name, folder or Hub repo id) and train the "
+                        "schedule's last --finetune-steps again with a fresh optimiser; give the flags it was "
+                        "trained with")
+    p.add_argument("--finetune-steps", type=int, default=800, metavar="STEPS",
+                   help="steps of a --finetune, all in the fusion phase (default 800)")
     p.add_argument("--fusion", default="uncertainty", choices=("uncertainty", "uniform"))
     p.add_argument("--no-codebooks", action="store_true", help="ablation: no emotion code-books")
     p.add_argument("--size", type=int, default=None, help="train at this image size (default: the dataset's)")
@@ -114,6 +120,7 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
         from ua3dtalk.train import TrainOptions, train
         train(a.data, a.out, TrainOptions(
             preset=a.preset, iterations=a.iterations, resume=a.resume, fusion=a.fusion,
+            finetune=a.finetune, finetune_steps=a.finetune_steps,
             codebooks=not a.no_codebooks, size=a.size, device=a.device,
             max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed,
             motion_basis=a.motion_basis, flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight,

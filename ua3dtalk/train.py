@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ua3dtalk import audio as audio_io
-from ua3dtalk.config import FACE_VIEWS, MOUTH_VIEWS, preset
+from ua3dtalk.config import FACE_VIEWS, MOUTH_VIEWS, ModelConfig, preset
 from ua3dtalk.data.dataset import FACE_LABEL, MOUTH_LABEL, SubjectDataset, head_region
 from ua3dtalk.deform import DeformOutput
 from ua3dtalk.encoding import TriPlaneField
@@ -62,6 +62,11 @@ class TrainOptions:
     preset: str = "demo"
     iterations: int | None = None
     resume: bool = False
+    # start from a trained subject (bundled name, folder or Hub id) and train the schedule's last
+    # finetune_steps again, with a fresh optimiser: a warm restart, which lifted the bundled subject
+    # by 0.2 dB held out per 800 steps (bench/RESULTS.md, twenty-fourth session)
+    finetune: str | None = None
+    finetune_steps: int = 800
     fusion: str = "uncertainty"
     codebooks: bool = True
     size: int | None = None
@@ -246,11 +251,11 @@ class Trainer:
         if resume:
             self.model = load_checkpoint(self.out, self.device).train()
             self.cfg = self.model.cfg
+        elif options.finetune:
+            self.model = self._trained_model(options.finetune)
+            self.cfg = self.model.cfg
         else:
-            mouth_views = FACE_VIEWS if options.mouth_emotion else MOUTH_VIEWS
-            self.cfg = replace(preset(options.preset), fusion=options.fusion, codebooks=options.codebooks,
-                               image_size=self.data.size, mouth_views=mouth_views,
-                               motion_basis=options.motion_basis)
+            self.cfg = self._config()
             self.model = self._fresh_model()
         for name in ("flow_priors", "flow_warmup", "flow_sample"):
             if getattr(options, name) < 0:
@@ -263,7 +268,7 @@ class Trainer:
         audio_io.check_features(self.cfg.audio_features, self.cfg.audio_dim, self.extractor)
         self.features = [self._clip_features(c) for c in range(len(self.data.clips))]
         self.optimizer = self._optimizer()
-        self.step = 0
+        self.step = self._finetune_start() if options.finetune and not resume else 0
         self.skipped = self.skipped_total = 0   # non-finite steps: in a row, and in this run
         self.history: list[dict[str, float | str | Tensor]] = []   # losses stay tensors until _settle
         self._settled = 0   # history records whose losses are numbers yet (see _settle)
@@ -285,6 +290,37 @@ class Trainer:
             self._restore_part_state()
 
     # -- set-up ---------------------------------------------------------------
+    def _config(self) -> ModelConfig:
+        """The model configuration these options and this dataset ask for."""
+        o = self.opt
+        return replace(preset(o.preset), fusion=o.fusion, codebooks=o.codebooks, image_size=self.data.size,
+                       mouth_views=FACE_VIEWS if o.mouth_emotion else MOUTH_VIEWS, motion_basis=o.motion_basis)
+
+    def _trained_model(self, name: str) -> TalkingHead:
+        """The subject to fine-tune, refused when the options describe another model (its
+        configuration comes from the checkpoint, so a flag that disagrees would be silently ignored)."""
+        from ua3dtalk.hub import resolve_checkpoint
+
+        folder = resolve_checkpoint(name)
+        model = load_checkpoint(folder, self.device).train()
+        wanted = self._config()
+        fields = ("preset", "fusion", "codebooks", "image_size", "mouth_views", "motion_basis")
+        differ = [f"{f}: {getattr(model.cfg, f)!r} in the checkpoint, {getattr(wanted, f)!r} asked"
+                  for f in fields if getattr(model.cfg, f) != getattr(wanted, f)]
+        if differ:
+            raise ValueError(f"--finetune {name}: the options describe another model than {folder} ("
+                             + "; ".join(differ) + "); give the flags (and --size) it was trained with")
+        return model
+
+    def _finetune_start(self) -> int:
+        """The step a fine-tune starts at: its steps are the schedule's last, all in the fusion phase."""
+        steps = self.opt.finetune_steps
+        fusion = self.total - self.added - math.ceil(self.scheduled * self.opt.face_until)
+        if not 1 <= steps <= fusion:
+            raise ValueError(f"finetune_steps must be from 1 to the {fusion} steps of this schedule's fusion "
+                             f"phase, got {steps} (or lengthen --iterations)")
+        return self.total - steps
+
     def _fresh_model(self) -> TalkingHead:
         model = TalkingHead(self.cfg).to(self.device)
         face_p, face_c, mouth_p, mouth_c = initial_geometry(self.data, self.opt.face_points, self.opt.mouth_points,
@@ -708,6 +744,8 @@ def train(data: str | Path, out: str | Path, options: TrainOptions | None = None
     report = evaluate_model(trainer.model, data, split="heldout", size=trainer.data.size)
     report["train_seconds"] = round(trainer.train_seconds, 1)
     report["iterations"] = trainer.total
+    if options.finetune:
+        report["finetune"] = {"from": options.finetune, "steps": options.finetune_steps}
     report["device"] = str(trainer.device) if trainer.device.type != "cuda" else torch.cuda.get_device_name(trainer.device)
     (Path(out) / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
