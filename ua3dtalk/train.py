@@ -12,7 +12,8 @@ Stages, by share of the iterations (TalkingGaussian + UA-3DTalk):
 
 Optional steps come before the stages: ``flow_warmup`` fits only the face branch
 and its views to the landmark flow; ``flow_priors`` lengthens the priors phase,
-which then fits that flow too.
+which then fits that flow too. A fine-tune (``finetune``) starts from a trained
+subject and trains the schedule's last steps again with a fresh optimiser.
 
 Losses: L1 + D-SSIM on the image, the lip expert's sync loss on rendered mouths,
 emotion distillation, the uncertainty heads' Gaussian NLL, and a penalty on
