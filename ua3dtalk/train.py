@@ -64,8 +64,8 @@ class TrainOptions:
     iterations: int | None = None
     resume: bool = False
     # start from a trained subject (bundled name, folder or Hub id) and train the schedule's last
-    # finetune_steps again, with a fresh optimiser: a warm restart, which lifted the bundled subject
-    # by 0.2 dB held out per 800 steps (bench/RESULTS.md, twenty-fourth session)
+    # finetune_steps again, with a fresh optimiser: a warm restart (800 steps lifted the bundled
+    # subject 0.22 dB held out, 800 more 0.11; a longer schedule did better: bench/RESULTS.md)
     finetune: str | None = None
     finetune_steps: int = 800
     fusion: str = "uncertainty"
