@@ -316,7 +316,7 @@ class Trainer:
     def _finetune_start(self) -> int:
         """The step a fine-tune starts at: its steps are the schedule's last, all in the fusion phase."""
         steps = self.opt.finetune_steps
-        fusion = self.total - self.added - math.ceil(self.scheduled * self.opt.face_until)
+        fusion = self.total - self._phase_start(self.opt.face_until)
         if not 1 <= steps <= fusion:
             raise ValueError(f"finetune_steps must be from 1 to the {fusion} steps of this schedule's fusion "
                              f"phase, got {steps} (or lengthen --iterations)")
@@ -371,9 +371,14 @@ class Trainer:
         flow warm-up and flow-prior steps come before it."""
         return max(step - self.added, 0) / self.scheduled
 
+    def _phase_start(self, share: float) -> int:
+        """The first step at ``share`` of the staged schedule or past it: where a phase that ends
+        there hands over (a whole number even when that share of the schedule is not)."""
+        return self.added + math.ceil(self.scheduled * share)
+
     def _first_render_step(self) -> int:
-        """The first step after the priors phase (a whole number even when a share of the schedule is not)."""
-        return self.added + math.ceil(self.scheduled * self.opt.priors_until)
+        """The first step after the priors phase."""
+        return self._phase_start(self.opt.priors_until)
 
     def _decay_learning_rates(self) -> None:
         """Exponential decay over the rendering steps, a function of the step alone (so resuming is
