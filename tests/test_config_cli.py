@@ -35,7 +35,7 @@ def test_unknown_preset_and_keys_are_clear_errors(tmp_path):
 def test_cli_help_lists_commands(capsys):
     assert cli.main([]) == 0
     out = capsys.readouterr().out
-    for command in ("synth", "preprocess", "train", "render", "eval", "push", "serve"):
+    for command in ("synth", "preprocess", "train", "average", "render", "eval", "push", "serve"):
         assert command in out
 
 

@@ -170,6 +170,17 @@ def _eval(sub: argparse._SubParsersAction) -> Handler:
     return run
 
 
+def _average(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("average", help="average warm restarts of one subject into one checkpoint (a model soup)")
+    p.add_argument("subjects", nargs="+", help="two or more checkpoints: bundled names, folders or Hub repo ids")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+
+    def run(a: argparse.Namespace) -> None:
+        from ua3dtalk.soup import average_checkpoints
+        print(average_checkpoints(a.subjects, a.out))
+    return run
+
+
 def _push(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub with a model card")
     p.add_argument("ckpt", help="checkpoint folder (config.json + model.safetensors)")
@@ -195,7 +206,7 @@ def _serve(sub: argparse._SubParsersAction) -> Handler:
     return run
 
 
-COMMANDS = (_synth, _preprocess, _train, _render, _eval, _push, _serve)
+COMMANDS = (_synth, _preprocess, _train, _average, _render, _eval, _push, _serve)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
