@@ -6,6 +6,7 @@ checkpoint can be rebuilt without any training state.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def differences(self, other: "ModelConfig", names: Sequence[str] | None = None) -> list[tuple[str, Any, Any]]:
+        """(field, this value, the other's) for each field that differs (of ``names``, default all)."""
+        names = [f.name for f in fields(self)] if names is None else names
+        return [(n, getattr(self, n), getattr(other, n)) for n in names if getattr(self, n) != getattr(other, n)]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":

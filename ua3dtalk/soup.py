@@ -6,7 +6,6 @@ mean would be noise, so they are refused."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -29,23 +28,22 @@ def average_checkpoints(subjects: Sequence[str], out: str | Path) -> Path:
         raise ValueError(f"averaging needs two or more subjects, got {len(subjects)}")
     folders = [resolve_checkpoint(name) for name in subjects]
     models = [load_checkpoint(folder) for folder in folders]
-    first = models[0]
-    for folder, model in zip(folders[1:], models[1:]):
-        _check_same_subject(first, model, folders[0], folder)
     states = [model.state_dict() for model in models]
+    first = models[0]
+    for folder, model, state in zip(folders[1:], models[1:], states[1:]):
+        _check_same_subject(first, states[0], folders[0], model, state, folder)
     mean = {key: torch.stack([state[key] for state in states]).mean(0) if value.is_floating_point() else value
             for key, value in states[0].items()}
     first.load_state_dict(mean)
     return save_checkpoint(first, out)
 
 
-def _check_same_subject(first: TalkingHead, other: TalkingHead, first_dir: Path, other_dir: Path) -> None:
+def _check_same_subject(first: TalkingHead, sa: dict[str, torch.Tensor], first_dir: Path,
+                        other: TalkingHead, sb: dict[str, torch.Tensor], other_dir: Path) -> None:
     """Refuse what cannot be averaged: another configuration, other shapes, other Gaussians."""
-    a, b = asdict(first.cfg), asdict(other.cfg)
-    differ = [f"{key}: {a[key]!r} against {b.get(key)!r}" for key in a if a[key] != b.get(key)]
+    differ = [f"{key}: {a!r} against {b!r}" for key, a, b in first.cfg.differences(other.cfg)]
     if differ:
         raise ValueError(f"{other_dir} has another configuration than {first_dir}: " + "; ".join(differ))
-    sa, sb = first.state_dict(), other.state_dict()
     shapes = [f"{key} {tuple(sa[key].shape)} against {tuple(sb[key].shape)}"
               for key in sa if sa[key].shape != sb[key].shape]
     if shapes:

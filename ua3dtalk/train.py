@@ -306,8 +306,8 @@ class Trainer:
         model = load_checkpoint(folder, self.device).train()
         wanted = self._config()
         fields = ("preset", "fusion", "codebooks", "image_size", "mouth_views", "motion_basis")
-        differ = [f"{f}: {getattr(model.cfg, f)!r} in the checkpoint, {getattr(wanted, f)!r} asked"
-                  for f in fields if getattr(model.cfg, f) != getattr(wanted, f)]
+        differ = [f"{f}: {ours!r} in the checkpoint, {asked!r} asked"
+                  for f, ours, asked in model.cfg.differences(wanted, fields)]
         if differ:
             raise ValueError(f"--finetune {name}: the options describe another model than {folder} ("
                              + "; ".join(differ) + "); give the flags (and --size) it was trained with")
