@@ -171,7 +171,8 @@ def _eval(sub: argparse._SubParsersAction) -> Handler:
 
 
 def _average(sub: argparse._SubParsersAction) -> Handler:
-    p = sub.add_parser("average", help="average warm restarts of one subject into one checkpoint (a model soup)")
+    p = sub.add_parser("average", help="average sibling warm restarts of one subject (train --finetune from one start, "
+                       "other --seed) into one checkpoint (a model soup)")
     p.add_argument("subjects", nargs="+", help="two or more checkpoints: bundled names, folders or Hub repo ids")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
 

@@ -1,8 +1,9 @@
 """Checkpoint averaging (a "model soup"). Warm restarts of one trained subject (``train
 --finetune``) keep its Gaussians index for index, so the mean of their weights is a subject
-too; two restart chains from one start averaged scored above each of them held out
-(bench/RESULTS.md, twenty-sixth session). Subjects trained apart share no Gaussians, and their
-mean would be noise, so they are refused."""
+too. Average siblings: two restart chains from one start averaged scored above each of them
+held out, while a subject averaged with its own restart scored below both (bench/RESULTS.md,
+twenty-sixth and twenty-seventh sessions). Subjects trained apart share no Gaussians, and
+their mean would be noise, so they are refused."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -64,8 +64,8 @@ class TrainOptions:
     iterations: int | None = None
     resume: bool = False
     # start from a trained subject (bundled name, folder or Hub id) and train the schedule's last
-    # finetune_steps again, with a fresh optimiser: a warm restart (the bundled subject is its own
-    # first run restarted twice; the figures, and a longer schedule's, are in bench/RESULTS.md)
+    # finetune_steps again, with a fresh optimiser: a warm restart (the bundled subject is the mean
+    # of two chains of two restarts from its first run; the figures are in bench/RESULTS.md)
     finetune: str | None = None
     finetune_steps: int = 800
     fusion: str = "uncertainty"
