@@ -103,13 +103,13 @@ def test_set_bounds_moves_the_field():
     torch.testing.assert_close(net.field.hi, torch.tensor([2.0, 3.0, 4.0]))
 
 
-@pytest.mark.parametrize("motion_basis", [False, True])
+@pytest.mark.parametrize("switch", ["", "motion_basis", "deform_opacity"])
 @pytest.mark.parametrize("branch", ["face", "mouth"])
-def test_every_parameter_gets_gradient_from_an_image_loss(branch, motion_basis):
+def test_every_parameter_gets_gradient_from_an_image_loss(branch, switch):
     from ua3dtalk.render import rasterize
 
     torch.manual_seed(0)
-    cfg = replace(CFG, motion_basis=motion_basis)
+    cfg = replace(CFG, **({switch: True} if switch else {}))
     net = face_network(cfg, VIEW_DIMS) if branch == "face" else mouth_network(cfg, VIEW_DIMS)
     views_used = CFG.face_views if branch == "face" else CFG.mouth_views
     batch, n, size = 2, 40, 16
@@ -126,13 +126,28 @@ def test_every_parameter_gets_gradient_from_an_image_loss(branch, motion_basis):
     colors = torch.rand(n, 3, generator=g).expand(batch, n, 3)
     viewmats = torch.eye(4).expand(batch, 4, 4)
     K = torch.tensor([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]]).expand(batch, 3, 3)
-    render = rasterize(xyz + out.d_xyz, quats, log_scales.exp(), torch.full((batch, n), 0.8), colors,
+    opacity_logit = torch.full((batch, n), 1.4)
+    if out.d_opacity is not None:
+        opacity_logit = opacity_logit + out.d_opacity
+    render = rasterize(xyz + out.d_xyz, quats, log_scales.exp(), opacity_logit.sigmoid(), colors,
                        viewmats, K, size, size, backend="torch")
     target = torch.rand(batch, size, size, 3, generator=g)
     loss = (render.image - target).abs().mean()
     loss.backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and float(p.grad.abs().max()) > 0, name
+
+
+def test_deform_opacity_gives_the_face_branch_a_per_frame_opacity_offset_starting_near_zero():
+    torch.manual_seed(0)
+    cfg = replace(CFG, deform_opacity=True)
+    xyz, views = make_xyz(12), make_views(2, 12)
+    out = face_network(cfg, VIEW_DIMS)(xyz, views)
+    assert out.d_opacity.shape == (2, 12)
+    assert 0 < float(out.d_opacity.abs().max()) < 1e-2                    # near the canonical opacity
+    assert not torch.allclose(out.d_opacity[0], out.d_opacity[1])          # but per frame
+    assert face_network(CFG, VIEW_DIMS)(xyz, views).d_opacity is None
+    assert mouth_network(cfg, VIEW_DIMS)(xyz, make_views(2, 12, views=CFG.mouth_views)).d_opacity is None
 
 
 def test_nll_trains_the_uncertainty_heads():

@@ -275,23 +275,33 @@ def test_lip_emphasis_weights_the_lips_in_both_losses(tiny_subject, tmp_path):
     assert stats["plain"]["l1"] != stats["lips"]["l1"]         # weighted differently
 
 
-def test_a_motion_basis_subject_trains_and_reloads(tiny_subject, tmp_path):
-    """``--motion-basis`` reaches both decoders, is saved in config.json, and the checkpoint
-    rebuilds the same model; a config without the key (older checkpoints) means no basis."""
+def test_decoder_switches_train_and_reload(tiny_subject, tmp_path):
+    """``--motion-basis`` reaches both decoders and ``--deform-opacity`` the face branch's; both
+    are saved in config.json, the checkpoint rebuilds the same model, and its renders offset the
+    face opacity per frame; a config without the keys (older checkpoints) means neither."""
     from ua3dtalk.config import ModelConfig
     from ua3dtalk.model import load_checkpoint
 
-    out = tmp_path / "basis"
-    trainer = Trainer(tiny_subject, out, tiny_options(iterations=30, motion_basis=True))
+    out = tmp_path / "switches"
+    trainer = Trainer(tiny_subject, out, tiny_options(iterations=30, motion_basis=True, deform_opacity=True))
     trainer.run()
     model = load_checkpoint(out)
     assert model.cfg.motion_basis and model.face_net.decoder.basis is not None
     assert model.mouth_net.decoder.basis is not None
     assert float(model.face_net.decoder.basis.weight.abs().max()) > 0        # it was trained
+    assert model.cfg.deform_opacity and "opacity" not in model.mouth_net.decoder.heads
     saved = trainer.model.state_dict()
     assert all(torch.equal(value.cpu(), saved[key].cpu()) for key, value in model.state_dict().items())
-    old = {k: v for k, v in model.cfg.to_dict().items() if k != "motion_basis"}
-    assert ModelConfig.from_dict(old).motion_basis is False
+    torch.manual_seed(0)
+    _, cond = trainer._batch()
+    with torch.no_grad():
+        views, embedding, _ = model.frame_views(cond)
+        opacity = model.face_opacity(model.face_motion(views, embedding, model.cfg.fusion))
+    assert opacity.shape == (len(cond.frames), model.face.num_points)
+    assert float((opacity - model.face.opacity).abs().max()) > 1e-4          # offset, and per frame
+    assert not torch.allclose(opacity[0], opacity[-1])
+    old = {k: v for k, v in model.cfg.to_dict().items() if k not in ("motion_basis", "deform_opacity")}
+    assert not ModelConfig.from_dict(old).motion_basis and not ModelConfig.from_dict(old).deform_opacity
 
 
 def test_stage2_at_sets_where_uncertainty_fusion_switches_to_the_whole_ensemble(tiny_subject, tmp_path):
@@ -405,12 +415,14 @@ def test_flow_sample_estimates_the_flow_term_from_a_fresh_random_subset_of_the_f
         Trainer(tiny_subject, tmp_path / "x", tiny_options(flow_sample=-1))
 
 
-def test_the_opening_term_moves_the_face_gaussians_without_fading_them(tiny_subject, tmp_path):
+@pytest.mark.parametrize("deform_opacity", [False, True])
+def test_the_opening_term_moves_the_face_gaussians_without_fading_them(tiny_subject, tmp_path, deform_opacity):
     """``opening_weight`` adds the face Gaussians' coverage of the lip box against the ground
     truth's (none in the mouth's opening) to the face phases' loss. Its gradient reaches their
-    per-frame offsets (the face branch) but not their opacity or shape, which all frames share,
-    and following it clears the opening."""
-    trainer = Trainer(tiny_subject, tmp_path / "opening", tiny_options(iterations=12, opening_weight=1.0))
+    per-frame offsets (the face branch; its opacity offset too with ``deform_opacity``) but not
+    their opacity or shape, which all frames share, and following it clears the opening."""
+    trainer = Trainer(tiny_subject, tmp_path / "opening",
+                      tiny_options(iterations=12, opening_weight=1.0, deform_opacity=deform_opacity))
     torch.manual_seed(0)
     batch, cond = trainer._batch()
     while not (batch["mask"] == MOUTH_LABEL).any():
@@ -427,12 +439,15 @@ def test_the_opening_term_moves_the_face_gaussians_without_fading_them(tiny_subj
     for shared in (face.opacity_raw, face.scaling_raw, face.rotation_raw, face.sh_dc):
         assert shared.grad is None or not shared.grad.any()
     assert any(p.grad is not None and p.grad.any() for p in trainer.model.face_net.parameters())
+    opacity_head = trainer.model.face_net.decoder.heads["opacity"] if deform_opacity else None
+    assert opacity_head is None or opacity_head.weight.grad.any()
 
+    held = None if out.face.d_opacity is None else out.face.d_opacity.detach()   # the positions alone clear it
     offsets = out.face.d_xyz.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([offsets], lr=2e-3)
     losses = []
     for _ in range(30):
-        loss = trainer._opening_loss(cond, replace(out.face, d_xyz=offsets), batch["mask"], lips.detach())
+        loss = trainer._opening_loss(cond, replace(out.face, d_xyz=offsets, d_opacity=held), batch["mask"], lips.detach())
         losses.append(loss.item())
         optimizer.zero_grad()
         loss.backward()

@@ -76,6 +76,9 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
                    help="the inside-mouth branch reads the emotion view too (default: the audio views only)")
     p.add_argument("--motion-basis", action="store_true",
                    help="decoders add a bilinear term: each Gaussian's own motion basis times the fused latent")
+    p.add_argument("--deform-opacity", action="store_true",
+                   help="the face branch offsets each Gaussian's opacity per frame too, so the skin across "
+                        "the mouth's opening can clear as the lips part")
     p.add_argument("--mouth-init-frames", type=int, default=None,
                    help="draw the first inside-mouth Gaussians from this many clips' widest-open frames, "
                         "largest mouth first (default: every training clip's)")
@@ -123,7 +126,7 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
             finetune=a.finetune, finetune_steps=a.finetune_steps,
             codebooks=not a.no_codebooks, size=a.size, device=a.device,
             max_mouth_gaussians=a.max_mouth_gaussians, mouth_emotion=a.mouth_emotion, seed=a.seed,
-            motion_basis=a.motion_basis, flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight,
+            motion_basis=a.motion_basis, deform_opacity=a.deform_opacity, flow_emphasis=a.flow_emphasis, lip_weight=a.lip_weight,
             stage2_at=a.stage2_at, mouth_init_frames=a.mouth_init_frames,
             frames_per_step=a.frames_per_step, flow_priors=a.flow_priors,
             flow_warmup=a.flow_warmup, flow_sample=a.flow_sample, flow_weight=a.flow_weight,

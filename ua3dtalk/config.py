@@ -55,6 +55,9 @@ class ModelConfig:
     fusion: str = "uncertainty"     # fusion the subject was trained with: uncertainty | uniform
     codebooks: bool = True          # emotion code-books on (off only for the ablation)
     motion_basis: bool = False      # bilinear position-offset term in the decoders (deform.MultiHeadDecoder)
+    # the face branch also offsets each Gaussian's opacity per frame, so skin in the mouth's opening
+    # can clear as the lips part (a shared opacity cannot: bench/RESULTS.md, twenty-eighth session)
+    deform_opacity: bool = False
     # Gaussians and images
     sh_degree: int = 2
     image_size: int = 512

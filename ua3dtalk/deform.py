@@ -21,7 +21,7 @@ from ua3dtalk.uncertainty import (
     LOG_VAR_RANGE, FusionResult, UncertaintyBlock, precision_fusion, stage1_fusion, uniform_fusion,
 )
 
-OUTPUT_DIMS: dict[str, int] = {"xyz": 3, "rotation": 4, "scale": 3}
+OUTPUT_DIMS: dict[str, int] = {"xyz": 3, "rotation": 4, "scale": 3, "opacity": 1}
 FUSIONS = ("uncertainty", "uniform")
 
 
@@ -34,6 +34,7 @@ class DeformOutput:
     epistemic: Tensor             # [B, V, N]
     weight: Tensor                # [B, V, N]
     nll: Tensor                   # scalar: NLL of the fused latent under each view's variances (means detached)
+    d_opacity: Tensor | None = None   # [B, N] added to the opacity's logit (ModelConfig.deform_opacity)
 
 
 class MultiHeadDecoder(nn.Module):
@@ -168,12 +169,14 @@ class MotionNetwork(nn.Module):
             d_xyz=out["xyz"], d_rotation=out.get("rotation"), d_scale=out.get("scale"),
             aleatoric=per_frame(fused.aleatoric), epistemic=per_frame(fused.epistemic),
             weight=per_frame(fused.weight), nll=nll,
+            d_opacity=out["opacity"][..., 0] if "opacity" in out else None,
         )
 
 
 def face_network(cfg: ModelConfig, view_dims: dict[str, int]) -> MotionNetwork:
-    """Face branch: all face views; Δxyz, Δrotation, Δscale."""
-    return MotionNetwork(cfg, cfg.face_views, view_dims, ("xyz", "rotation", "scale"))
+    """Face branch: all face views; Δxyz, Δrotation, Δscale (and Δopacity with ``cfg.deform_opacity``)."""
+    outputs = ("xyz", "rotation", "scale") + (("opacity",) if cfg.deform_opacity else ())
+    return MotionNetwork(cfg, cfg.face_views, view_dims, outputs)
 
 
 def mouth_network(cfg: ModelConfig, view_dims: dict[str, int]) -> MotionNetwork:

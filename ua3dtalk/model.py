@@ -148,7 +148,7 @@ class TalkingHead(nn.Module):
         mouth_scale = self.mouth.scaling.expand(batch, -1, -1)
         quats = torch.cat([face_rot, mouth_rot], dim=1)
         scales = torch.cat([face_scale, mouth_scale], dim=1)
-        opacities = torch.cat([self.face.opacity, self.mouth.opacity]).expand(batch, -1)
+        opacities = torch.cat([self.face_opacity(face), self.mouth.opacity.expand(batch, -1)], dim=1)
         centers = camera_centers(cond.viewmats)
         colors = torch.cat([self.face.colors(centers), self.mouth.colors(centers)], dim=1)
         extras = self._uncertainty_channels(face, mouth) if with_maps else None
@@ -174,17 +174,26 @@ class TalkingHead(nn.Module):
         xyz = self.face.xyz if xyz is None else xyz
         return self.face_net(xyz, self.with_emotion(views, xyz, embedding), fusion=fusion, stage=stage)
 
+    def face_opacity(self, face: DeformOutput, shared: bool = True) -> Tensor:
+        """[B,N] the face Gaussians' opacity in these frames: the canonical one, offset in its logit
+        per frame with ``deform_opacity``; ``shared=False`` keeps the canonical part out of autograd."""
+        raw = self.face.opacity_raw if shared else self.face.opacity_raw.detach()
+        if face.d_opacity is None:
+            return torch.sigmoid(raw).expand(face.d_xyz.shape[0], -1)
+        return torch.sigmoid(raw + face.d_opacity)
+
     def _intrinsics(self, size: int, batch: int) -> Tensor:
         return scale_intrinsics(self.K, size / self.background.shape[-1]).expand(batch, 3, 3)
 
     def face_coverage(self, cond: Conditioning, face: DeformOutput, size: int, backend: str = "auto") -> Tensor:
         """[B,H,W] opacity of the face Gaussians alone (no inside of the mouth), differentiable only
-        through their per-frame positions: a term on it then moves the lips out of the mouth's
-        opening instead of fading them, since opacity and shape are shared by all frames."""
+        through their per-frame offsets (positions; opacity with ``deform_opacity``): a term on it
+        then moves or clears the lips per frame instead of fading them, since the canonical opacity
+        and shape are shared by all frames."""
         batch, n = cond.frames.shape[0], self.face.num_points
         out = rasterize(self.face.xyz.detach() + face.d_xyz, (self.face.rotation_raw + face.d_rotation).detach(),
                         torch.exp(self.face.scaling_raw + face.d_scale).detach(),
-                        self.face.opacity.detach().expand(batch, -1), face.d_xyz.new_zeros(n, 3),
+                        self.face_opacity(face, shared=False), face.d_xyz.new_zeros(n, 3),
                         cond.viewmats, self._intrinsics(size, batch), size, size, backend=backend)
         return out.alpha[..., 0]
 

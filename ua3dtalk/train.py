@@ -116,6 +116,7 @@ class TrainOptions:
     max_mouth_gaussians: int | None = None   # the inside-mouth set's own cap (default: none, it shares the budget)
     mouth_emotion: bool = False   # the inside-mouth branch reads the emotion view too (bench/RESULTS.md)
     motion_basis: bool = False    # bilinear position-offset term in the decoders (deform.MultiHeadDecoder)
+    deform_opacity: bool = False  # the face branch offsets opacity per frame too (ModelConfig.deform_opacity)
     mouth_init_frames: int | None = None   # wide-open frames the inside-mouth points come from (default: one per clip)
     # bookkeeping
     log_every: int = 25
@@ -295,7 +296,8 @@ class Trainer:
         """The model configuration these options and this dataset ask for."""
         o = self.opt
         return replace(preset(o.preset), fusion=o.fusion, codebooks=o.codebooks, image_size=self.data.size,
-                       mouth_views=FACE_VIEWS if o.mouth_emotion else MOUTH_VIEWS, motion_basis=o.motion_basis)
+                       mouth_views=FACE_VIEWS if o.mouth_emotion else MOUTH_VIEWS, motion_basis=o.motion_basis,
+                       deform_opacity=o.deform_opacity)
 
     def _trained_model(self, name: str) -> TalkingHead:
         """The subject to fine-tune, refused when the options describe another model (its
@@ -305,7 +307,7 @@ class Trainer:
         folder = resolve_checkpoint(name)
         model = load_checkpoint(folder, self.device).train()
         wanted = self._config()
-        fields = ("preset", "fusion", "codebooks", "image_size", "mouth_views", "motion_basis")
+        fields = ("preset", "fusion", "codebooks", "image_size", "mouth_views", "motion_basis", "deform_opacity")
         differ = [f"{f}: {ours!r} in the checkpoint, {asked!r} asked"
                   for f, ours, asked in model.cfg.differences(wanted, fields)]
         if differ:
