@@ -469,6 +469,33 @@ def test_a_finetune_trains_the_schedules_last_steps_again_from_a_trained_subject
     assert not torch.equal(tuned["face.xyz"], trained["face.xyz"])
 
 
+def test_a_finetune_with_deform_opacity_adds_the_opacity_head_to_a_subject_without_it(tiny_trainer, tiny_subject,
+                                                                                     tmp_path):
+    """The head is the only new weight and starts near zero: the first render is the subject's own."""
+    subject = load_checkpoint(tiny_trainer.out)
+    tuner = Trainer(tiny_subject, tmp_path / "ft", tiny_options(iterations=40, finetune=str(tiny_trainer.out),
+                                                                finetune_steps=3, deform_opacity=True))
+    head = tuner.model.face_net.decoder.heads["opacity"]
+    assert tuner.model.cfg.deform_opacity and any(head.weight is p for g in tuner.optimizer.param_groups
+                                                  for p in g["params"])
+    trained = subject.state_dict()
+    grown = tuner.model.state_dict()
+    assert set(grown) - set(trained) == {"face_net.decoder.heads.opacity.weight", "face_net.decoder.heads.opacity.bias"}
+    assert all(torch.equal(grown[key].cpu(), trained[key]) for key in trained)
+    torch.manual_seed(0)
+    _, cond = tuner._batch()
+    with torch.no_grad():
+        before = subject(cond, with_maps=False).image
+        after = tuner.model.eval()(cond, with_maps=False).image
+    assert float((after - before).abs().max()) < 1e-2
+    start = head.weight.detach().clone()
+    tuner.model.train()
+    tuner.run()
+    assert not torch.equal(load_checkpoint(tmp_path / "ft").face_net.decoder.heads["opacity"].weight, start)
+    with pytest.raises(ValueError, match="deform_opacity: True in the checkpoint, False asked"):
+        Trainer(tiny_subject, tmp_path / "back", tiny_options(iterations=40, finetune=str(tmp_path / "ft")))
+
+
 def test_a_finetune_refuses_options_of_another_model_or_beyond_the_fusion_phase(tiny_trainer, tiny_subject,
                                                                                  tmp_path):
     subject = str(tiny_trainer.out)

@@ -8,7 +8,7 @@ trained is exactly what is rendered. A checkpoint is ``config.json`` (the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -248,3 +248,18 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> T
     model = TalkingHead(ModelConfig.load(folder / CONFIG_NAME))
     model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
     return model.to(device).eval()
+
+
+def with_opacity_offsets(model: TalkingHead) -> TalkingHead:
+    """The same subject with the face branch's per-frame opacity offset added (its head starts near
+    zero, so the renders barely change): a trained subject can then be fine-tuned with it."""
+    if model.cfg.deform_opacity:
+        return model
+    device = next(model.parameters()).device
+    grown = TalkingHead(replace(model.cfg, deform_opacity=True)).to(device)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    added = {f"face_net.decoder.heads.opacity.{p}" for p in ("weight", "bias")}
+    if unexpected or set(missing) != added:
+        raise RuntimeError(f"adding the opacity offset changed more than its head: missing {missing}, "
+                           f"unexpected {unexpected}")
+    return grown.train(model.training)

@@ -42,7 +42,7 @@ from ua3dtalk.encoding import TriPlaneField
 from ua3dtalk.gaussians import DensityController
 from ua3dtalk.landmark_flow import LandmarkFlow
 from ua3dtalk.metrics import lip_box, psnr, ssim
-from ua3dtalk.model import Conditioning, TalkingHead, load_checkpoint, save_checkpoint
+from ua3dtalk.model import Conditioning, TalkingHead, load_checkpoint, save_checkpoint, with_opacity_offsets
 from ua3dtalk.prior import mouth_crops
 
 MOUTH_UPPER, MOUTH_LOWER = 13, 14   # MediaPipe inner-lip midpoints
@@ -301,12 +301,15 @@ class Trainer:
 
     def _trained_model(self, name: str) -> TalkingHead:
         """The subject to fine-tune, refused when the options describe another model (its
-        configuration comes from the checkpoint, so a flag that disagrees would be silently ignored)."""
+        configuration comes from the checkpoint, so a flag that disagrees would be silently ignored).
+        ``deform_opacity`` is the exception one way: a subject without it gains the offset's head."""
         from ua3dtalk.hub import resolve_checkpoint
 
         folder = resolve_checkpoint(name)
         model = load_checkpoint(folder, self.device).train()
         wanted = self._config()
+        if wanted.deform_opacity:
+            model = with_opacity_offsets(model)
         fields = ("preset", "fusion", "codebooks", "image_size", "mouth_views", "motion_basis", "deform_opacity")
         differ = [f"{f}: {ours!r} in the checkpoint, {asked!r} asked"
                   for f, ours, asked in model.cfg.differences(wanted, fields)]
