@@ -11,7 +11,10 @@ only as the second table's check):
    midpoints; nose tip and chin) is compared with the ground-truth landmarks'
    distance: means, slope of rendered on true (1 = full amplitude) and
    correlation. A slope well under 1 where the correlation is high means
-   motion damped toward the canonical face.
+   motion damped toward the canonical face. The inside-mouth set's row splits
+   it at its median height in the reference frame and compares the distance
+   between the halves' means with the inner lips' gap: lower teeth that drop
+   with the jaw give a slope near 1, a set that moves as one block 0.
 2. Information in the views. How well a ridge regression from each per-frame
    view feature the deformation reads (audio code, lip-sync content, style)
    predicts the ground-truth lip gap, fitted on training frames and applied to
@@ -36,6 +39,8 @@ from ua3dtalk.train import REFERENCE_FRAME
 
 PAIRS = {"lips (0 to 17)": (0, 17), "jaw (1 to 152)": (1, 152)}   # MediaPipe: lip midpoints; nose tip, chin
 LIP_GAP = PAIRS["lips (0 to 17)"]
+INNER_GAP = (13, 14)   # MediaPipe: inner lip midpoints, what the inside-mouth row is compared with
+INSIDE = "inside of the mouth (halves; truth 13 to 14)"
 NEAR_PX = 4.0
 
 
@@ -52,27 +57,45 @@ def landmark_groups(model: TalkingHead, data: SubjectDataset) -> dict[int, torch
     return groups
 
 
+def mouth_halves(model: TalkingHead, data: SubjectDataset) -> torch.Tensor:
+    """[N] True for the inside-mouth Gaussians below the set's median height in the reference frame."""
+    reference = data[REFERENCE_FRAME]
+    height = project(model.mouth.xyz, torch.as_tensor(reference["viewmat"])[None].to(model.K), model.K)[0, :, 1]
+    return height > height.median()
+
+
 def clip_features(data: SubjectDataset, extractor, device: torch.device) -> list[torch.Tensor]:  # noqa: ANN001
     """Audio features of every clip of the split, computed once for both tables."""
     return [extractor(data.audio(clip)[0]).to(device, torch.float32) for clip in range(len(data.clips))]
 
 
 def rendered_motion(model: TalkingHead, data: SubjectDataset, features: list[torch.Tensor],
-                    clip_stride: int, stride: int = 6, per_clip: int = 12) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                    clip_stride: int, stride: int = 6, per_clip: int = 12, batch: int = 4
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per pair: (true, rendered) vertical distances in pixels over sampled frames of every
-    ``clip_stride``-th training clip (rendering is the slow part on a CPU)."""
-    groups = landmark_groups(model, data)
-    out = {name: ([], []) for name in PAIRS}
+    ``clip_stride``-th training clip (rendering is the slow part on a CPU), ``batch`` frames a pass."""
+    groups, lower = landmark_groups(model, data), mouth_halves(model, data)
+    out = {name: ([], []) for name in (*PAIRS, INSIDE)}
     for clip in range(0, len(data.clips), clip_stride):
-        items = [data[i] for i in list(data.clip_frames(clip))[::stride][:per_clip]]
-        cond = items_conditioning(items, features[clip])
-        moved = project(model.face.xyz + model(cond, size=data.size, with_maps=False).face.d_xyz,
-                        cond.viewmats, model.K)
-        truth = torch.stack([torch.as_tensor(it["landmarks"]) for it in items]).to(moved)
-        for name, (a, b) in PAIRS.items():
-            out[name][0].append((truth[:, b, 1] - truth[:, a, 1]).cpu().numpy())
-            out[name][1].append((moved[:, groups[b], 1].mean(1) - moved[:, groups[a], 1].mean(1)).cpu().numpy())
+        frames = list(data.clip_frames(clip))[::stride][:per_clip]
+        for start in range(0, len(frames), batch):
+            _add_frames(model, [data[i] for i in frames[start:start + batch]], features[clip], groups, lower, out)
     return {name: (np.concatenate(t), np.concatenate(r)) for name, (t, r) in out.items()}
+
+
+def _add_frames(model: TalkingHead, items: list[dict], features: torch.Tensor, groups: dict[int, torch.Tensor],
+                lower: torch.Tensor, out: dict[str, tuple[list, list]]) -> None:
+    """Append the true and rendered distances of these frames (one forward pass) to ``out``."""
+    cond = items_conditioning(items, features)
+    deformed = model(cond, size=64, with_maps=False)   # the offsets do not depend on the size; the render is unused
+    moved = project(model.face.xyz + deformed.face.d_xyz, cond.viewmats, model.K)
+    inside = project(model.mouth.xyz + deformed.mouth.d_xyz, cond.viewmats, model.K)[..., 1]
+    truth = torch.stack([torch.as_tensor(it["landmarks"]) for it in items]).to(moved)
+    for name, (a, b) in PAIRS.items():
+        out[name][0].append((truth[:, b, 1] - truth[:, a, 1]).cpu().numpy())
+        out[name][1].append((moved[:, groups[b], 1].mean(1) - moved[:, groups[a], 1].mean(1)).cpu().numpy())
+    out[INSIDE][0].append((truth[:, INNER_GAP[1], 1] - truth[:, INNER_GAP[0], 1]).cpu().numpy())
+    out[INSIDE][1].append((inside[:, lower].mean(1) - inside[:, ~lower].mean(1)).cpu().numpy())
 
 
 def view_features(model: TalkingHead, data: SubjectDataset, clip_audio: list[torch.Tensor]

@@ -47,12 +47,13 @@ def test_train_options_come_from_the_command_line(monkeypatch, tmp_path):
     assert cli.main(["train", str(tmp_path), "--out", str(tmp_path / "ckpt"), "--seed", "3", "--fusion", "uniform",
                      "--mouth-emotion", "--motion-basis", "--deform-opacity", "--stage2-at", "0.2", "--mouth-init-frames", "8", "--minutes", "2",
                      "--frames-per-step", "20", "--flow-priors", "300", "--flow-warmup", "900", "--flow-sample", "4096",
-                     "--flow-weight", "20", "--hold-audio-views", "--no-eval"]) == 0
+                     "--flow-weight", "20", "--hold-audio-views", "--mouth-flow-weight", "2", "--no-eval"]) == 0
     options = seen["options"]
     assert (options.seed, options.fusion, options.mouth_emotion, options.motion_basis) == (3, "uniform", True, True)
     assert (options.stage2_at, options.mouth_init_frames, options.frames_per_step) == (0.2, 8, 20)
     assert (options.flow_priors, options.flow_warmup, options.flow_sample, options.flow_weight) == (300, 900, 4096, 20)
-    assert options.hold_audio_views and options.deform_opacity and seen["minutes"] == 2 and seen["evaluate"] is False
+    assert options.hold_audio_views and options.deform_opacity and options.mouth_flow_weight == 2
+    assert seen["minutes"] == 2 and seen["evaluate"] is False
 
 
 def test_train_defaults_on_the_command_line_are_the_train_options_defaults(monkeypatch, tmp_path):

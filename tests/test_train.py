@@ -42,8 +42,9 @@ def test_resume_continues_from_the_same_state(tiny_subject, tmp_path):
         for name, value in slots.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb["state"][index][name])), (index, name)
     assert torch.equal(first.generator.get_state(), resumed.generator.get_state())
-    for saved, loaded in zip(first.face_binding, resumed.face_binding):   # as of the last density control step
-        assert torch.equal(saved, loaded)
+    for part in ("face", "mouth"):   # the landmark bindings, as of the last density control step
+        for saved, loaded in zip(first.bindings[part], resumed.bindings[part]):
+            assert torch.equal(saved, loaded)
     for key in ("grad_accum", "denom", "max_radii"):
         assert torch.equal(getattr(first.face_density, key), getattr(resumed.face_density, key))
     assert resumed.train_seconds == first.train_seconds
@@ -453,6 +454,24 @@ def test_the_opening_term_moves_the_face_gaussians_without_fading_them(tiny_subj
         loss.backward()
         optimizer.step()
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_the_mouth_flow_term_trains_the_inside_mouth_branch(tiny_subject, tmp_path):
+    """``mouth_flow_weight`` adds the landmark flow of the inside-mouth set's offsets to the render
+    phases' loss: its gradient reaches the mouth branch, not the face branch."""
+    trainer = Trainer(tiny_subject, tmp_path / "mouth-flow", tiny_options(iterations=12, mouth_flow_weight=1.0))
+    torch.manual_seed(0)
+    batch, cond = trainer._batch()
+    _, stats, out = trainer._render_loss(batch, cond, "mouth")
+    assert stats["mouth_flow"] > 0
+    index, weight = trainer.bindings["mouth"]
+    assert index.shape == weight.shape == (trainer.model.mouth.num_points, 3)
+    trainer.model.zero_grad(set_to_none=True)
+    trainer._flow_loss(batch, out.mouth.d_xyz, part="mouth").backward()
+    assert any(p.grad is not None and p.grad.any() for p in trainer.model.mouth_net.parameters())
+    assert all(p.grad is None for p in trainer.model.face_net.parameters())
+    plain = Trainer(tiny_subject, tmp_path / "plain", tiny_options(iterations=12))
+    assert "mouth_flow" not in plain._render_loss(batch, cond, "mouth")[1]
 
 
 def test_a_finetune_trains_the_schedules_last_steps_again_from_a_trained_subject(tiny_trainer, tiny_subject,

@@ -107,6 +107,9 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--opening-weight", type=float, default=0.0,
                    help="weight of a term that keeps the face Gaussians out of the ground truth's mouth "
                         "opening and over closed lips, moving them rather than fading them (0: off)")
+    p.add_argument("--mouth-flow-weight", type=float, default=0.0,
+                   help="weight of the landmark flow on the inside-mouth Gaussians' offsets, each tied to the "
+                        "nearest skin (lower teeth to the jaw), so the inside of the mouth opens (0: off)")
     p.add_argument("--stage2-at", type=float, default=0.5,
                    help="share of the iterations after which uncertainty fusion uses the whole ensemble "
                         "(stage 2); before it, one random member per view (stage 1)")
@@ -130,7 +133,8 @@ def _train(sub: argparse._SubParsersAction) -> Handler:
             stage2_at=a.stage2_at, mouth_init_frames=a.mouth_init_frames,
             frames_per_step=a.frames_per_step, flow_priors=a.flow_priors,
             flow_warmup=a.flow_warmup, flow_sample=a.flow_sample, flow_weight=a.flow_weight,
-            hold_audio_views=a.hold_audio_views, opening_weight=a.opening_weight),
+            hold_audio_views=a.hold_audio_views, opening_weight=a.opening_weight,
+            mouth_flow_weight=a.mouth_flow_weight),
             evaluate=not a.no_eval, until=a.until, minutes=a.minutes)
     return run
 

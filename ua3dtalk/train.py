@@ -53,6 +53,7 @@ DEFAULT_MAX_GAUSSIANS = {"demo": 64_000, "paper": 300_000}
 _DENSITY_STATS = ("grad_accum", "denom", "max_radii")  # density control's running statistics
 MAX_SKIPPED_STEPS = 20  # non-finite steps in a row before training stops as diverged
 REFERENCE_FRAME = 0     # training frame the face Gaussians are built from; landmark motion is relative to it
+PARTS = ("face", "mouth")   # the Gaussian sets: skin, and the inside of the mouth
 LIP_BOX_MARGIN = 10.0   # pixels at 512², as bench/error_regions.py
 NETWORK_LR, FIELD_LR = 1e-3, 1e-2
 POSITION_LR_FINAL, NETWORK_LR_FINAL = 0.01, 0.1  # share of the initial rates left at the last step
@@ -108,6 +109,10 @@ class TrainOptions:
     # the face Gaussians' coverage of the lip box held to the ground truth's (none in the mouth's
     # opening), through their offsets only (face and fusion phases; 0: off)
     opening_weight: float = 0.0
+    # the landmark flow on the inside-mouth set's offsets too, each Gaussian tied like the face's to
+    # the skin triangle it lies in, or the nearest one (lower teeth to the jaw); with the image loss
+    # alone that set moves as one block and never opens (bench/RESULTS.md, twenty-eighth session)
+    mouth_flow_weight: float = 0.0
     # densification (in render iterations)
     densify_every: int = 100
     densify_until: float = 0.7
@@ -287,7 +292,7 @@ class Trainer:
                                  torch.as_tensor(reference["viewmat"]).float().to(self.device),
                                  self.table["landmarks"].float(), self.table["viewmat"].float(),
                                  emphasis=options.flow_emphasis)
-        self.face_binding = self.flow.bind(self.model.face.xyz)
+        self.bindings = {part: self.flow.bind(getattr(self.model, part).xyz) for part in PARTS}
         if resume:
             self._restore_part_state()
 
@@ -489,13 +494,14 @@ class Trainer:
             return None
         return torch.randperm(n, generator=self.generator)[:self.opt.flow_sample].to(self.device)
 
-    def _flow_loss(self, batch: dict[str, Tensor], face_offsets: Tensor, chosen: Tensor | None = None) -> Tensor:
-        """The landmark flow term of the face Gaussians' offsets (the face only: teeth and tongue do
-        not follow the skin; the image loss moves them), of the ``chosen`` ones if given."""
-        xyz, (index, weight) = self.model.face.xyz.detach(), self.face_binding
+    def _flow_loss(self, batch: dict[str, Tensor], offsets: Tensor, chosen: Tensor | None = None,
+                   part: str = "face") -> Tensor:
+        """The landmark flow term of a Gaussian set's offsets (``part``: face, or mouth with
+        ``mouth_flow_weight``), of the ``chosen`` ones if given."""
+        xyz, (index, weight) = getattr(self.model, part).xyz.detach(), self.bindings[part]
         if chosen is not None:
             xyz, index, weight = xyz[chosen], index[chosen], weight[chosen]
-        return self.flow.loss(xyz, face_offsets, (index, weight), batch["landmarks"].float(),
+        return self.flow.loss(xyz, offsets, (index, weight), batch["landmarks"].float(),
                               batch["viewmat"].float(), self.data.size)
 
     def _stage(self) -> int:
@@ -545,6 +551,10 @@ class Trainer:
         if opening is not None:
             loss = loss + o.opening_weight * opening
             stats["opening"] = opening.detach()
+        if o.mouth_flow_weight:
+            mouth_flow = self._flow_loss(batch, out.mouth.d_xyz, part="mouth")
+            loss = loss + o.mouth_flow_weight * mouth_flow
+            stats["mouth_flow"] = mouth_flow.detach()
         return loss, stats, out
 
     def _opening_loss(self, cond: Conditioning, face: DeformOutput, mask: Tensor, lips: Tensor) -> Tensor:
@@ -574,8 +584,7 @@ class Trainer:
             if due and self._share(self.step) < o.densify_until and (room := self._room(part)) > 0:
                 density.densify_and_prune(grad_threshold=o.grad_threshold, min_opacity=0.005,
                                           extent=self._extent(), max_screen_size=size / 4, max_new=room)
-                if part == "face":
-                    self.face_binding = self.flow.bind(self.model.face.xyz)
+                self.bindings[part] = self.flow.bind(getattr(self.model, part).xyz)
 
     def _room(self, part: str) -> int:
         """Gaussians a part may still add: what is left of the whole budget and, for the inside-mouth
@@ -686,8 +695,9 @@ class Trainer:
         for name, density in (("face", self.face_density), ("mouth", self.mouth_density)):
             for key in _DENSITY_STATS:
                 tensors[f"density/{name}/{key}"] = getattr(density, key).detach().cpu().contiguous()
-        for key, value in zip(("index", "weight"), self.face_binding):
-            tensors[f"flow/face/{key}"] = value.detach().cpu().contiguous()
+        for part, binding in self.bindings.items():
+            for key, value in zip(("index", "weight"), binding):
+                tensors[f"flow/{part}/{key}"] = value.detach().cpu().contiguous()
         groups = [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]
         meta = {"step": str(self.step), "total": str(self.total), "options": json.dumps(asdict(self.opt)),
                 "train_seconds": str(self.train_seconds),
@@ -731,7 +741,10 @@ class Trainer:
         for name, density in (("face", self.face_density), ("mouth", self.mouth_density)):
             for key in _DENSITY_STATS:
                 setattr(density, key, self._part_state[f"density/{name}/{key}"].to(self.device))
-        self.face_binding = tuple(self._part_state[f"flow/face/{key}"].to(self.device) for key in ("index", "weight"))
+        for part in PARTS:
+            if f"flow/{part}/index" in self._part_state:   # states saved before the mouth's was kept lack it
+                self.bindings[part] = tuple(self._part_state[f"flow/{part}/{key}"].to(self.device)
+                                            for key in ("index", "weight"))
 
 
 def train(data: str | Path, out: str | Path, options: TrainOptions | None = None, evaluate: bool = True,
