@@ -1,6 +1,6 @@
 """Do the rendered lips move as far as the ground truth's, and which conditioning carries that motion?
 
-    python bench/lip_motion.py --subject checkpoints/demo --data data/demo [--clip-stride 4] [--device cuda]
+    python bench/lip_motion.py --subject checkpoints/demo --data data/demo [--clip-stride 4] [--size 128] [--device cuda]
 
 Both tables ask a fitting question, on frames of training clips (held-out clips
 only as the second table's check):
@@ -138,11 +138,12 @@ def main() -> None:
     ap.add_argument("--subject", default="checkpoints/demo")
     ap.add_argument("--data", default="data/demo")
     ap.add_argument("--clip-stride", type=int, default=1, help="render every N-th training clip (4: about 10 min on 2 cores)")
+    ap.add_argument("--size", type=int, default=None, help="the subject's image size where it is not the data's")
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     device = pick_device(args.device)
     model = load_checkpoint(args.subject, device)
-    train, heldout = SubjectDataset(args.data, "train"), SubjectDataset(args.data, "heldout")
+    train, heldout = (SubjectDataset(args.data, split, size=args.size) for split in ("train", "heldout"))
     extractor = audio_io.get_extractor(model.cfg.audio_features, device=str(device))
     print(f"{args.subject} on {device}\n")
     print("| training frames | true (px) | rendered (px) | slope | correlation |")
