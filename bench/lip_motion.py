@@ -1,6 +1,7 @@
 """Do the rendered lips move as far as the ground truth's, and which conditioning carries that motion?
 
-    python bench/lip_motion.py --subject checkpoints/demo --data data/demo [--clip-stride 4] [--size 128] [--device cuda]
+    python bench/lip_motion.py --subject checkpoints/demo --data data/demo [--clip-stride 4] [--size 128]
+        [--device cuda]
 
 Both tables ask a fitting question, on frames of training clips (held-out clips
 only as the second table's check):

@@ -45,7 +45,8 @@ def test_train_options_come_from_the_command_line(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(training, "train", lambda data, out, options, **kw: seen.update(options=options, **kw))
     assert cli.main(["train", str(tmp_path), "--out", str(tmp_path / "ckpt"), "--seed", "3", "--fusion", "uniform",
-                     "--mouth-emotion", "--motion-basis", "--deform-opacity", "--stage2-at", "0.2", "--mouth-init-frames", "8", "--minutes", "2",
+                     "--mouth-emotion", "--motion-basis", "--deform-opacity", "--stage2-at", "0.2",
+                     "--mouth-init-frames", "8", "--minutes", "2",
                      "--frames-per-step", "20", "--flow-priors", "300", "--flow-warmup", "900", "--flow-sample", "4096",
                      "--flow-weight", "20", "--hold-audio-views", "--mouth-flow-weight", "2", "--no-eval"]) == 0
     options = seen["options"]

@@ -448,7 +448,8 @@ def test_the_opening_term_moves_the_face_gaussians_without_fading_them(tiny_subj
     optimizer = torch.optim.Adam([offsets], lr=2e-3)
     losses = []
     for _ in range(30):
-        loss = trainer._opening_loss(cond, replace(out.face, d_xyz=offsets, d_opacity=held), batch["mask"], lips.detach())
+        face = replace(out.face, d_xyz=offsets, d_opacity=held)
+        loss = trainer._opening_loss(cond, face, batch["mask"], lips.detach())
         losses.append(loss.item())
         optimizer.zero_grad()
         loss.backward()
