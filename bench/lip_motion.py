@@ -45,10 +45,14 @@ INSIDE = "inside of the mouth (halves; truth 13 to 14)"
 NEAR_PX = 4.0
 
 
-def landmark_groups(model: TalkingHead, data: SubjectDataset) -> dict[int, torch.Tensor]:
+def reference_pixels(model: TalkingHead, reference: dict, xyz: torch.Tensor) -> torch.Tensor:
+    """[N,2] canonical Gaussians ``xyz`` projected into the reference frame."""
+    return project(xyz, torch.as_tensor(reference["viewmat"])[None].to(model.K), model.K)[0]
+
+
+def landmark_groups(model: TalkingHead, reference: dict) -> dict[int, torch.Tensor]:
     """Indices of the face Gaussians within NEAR_PX of each landmark of PAIRS in the reference frame."""
-    reference = data[REFERENCE_FRAME]
-    pixels = project(model.face.xyz, torch.as_tensor(reference["viewmat"])[None].to(model.K), model.K)[0]
+    pixels = reference_pixels(model, reference, model.face.xyz)
     landmarks = torch.as_tensor(reference["landmarks"]).to(pixels)
     groups = {}
     for k in {k for pair in PAIRS.values() for k in pair}:
@@ -58,10 +62,9 @@ def landmark_groups(model: TalkingHead, data: SubjectDataset) -> dict[int, torch
     return groups
 
 
-def mouth_halves(model: TalkingHead, data: SubjectDataset) -> torch.Tensor:
+def mouth_halves(model: TalkingHead, reference: dict) -> torch.Tensor:
     """[N] True for the inside-mouth Gaussians below the set's median height in the reference frame."""
-    reference = data[REFERENCE_FRAME]
-    height = project(model.mouth.xyz, torch.as_tensor(reference["viewmat"])[None].to(model.K), model.K)[0, :, 1]
+    height = reference_pixels(model, reference, model.mouth.xyz)[:, 1]
     return height > height.median()
 
 
@@ -75,28 +78,32 @@ def rendered_motion(model: TalkingHead, data: SubjectDataset, features: list[tor
                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per pair: (true, rendered) vertical distances in pixels over sampled frames of every
     ``clip_stride``-th training clip (rendering is the slow part on a CPU), ``batch`` frames a pass."""
-    groups, lower = landmark_groups(model, data), mouth_halves(model, data)
-    out = {name: ([], []) for name in (*PAIRS, INSIDE)}
+    reference = data[REFERENCE_FRAME]
+    groups, lower = landmark_groups(model, reference), mouth_halves(model, reference)
+    out: dict[str, tuple[list, list]] = {name: ([], []) for name in (*PAIRS, INSIDE)}
     for clip in range(0, len(data.clips), clip_stride):
         frames = list(data.clip_frames(clip))[::stride][:per_clip]
         for start in range(0, len(frames), batch):
-            _add_frames(model, [data[i] for i in frames[start:start + batch]], features[clip], groups, lower, out)
+            items = [data[i] for i in frames[start:start + batch]]
+            for name, (true, rendered) in frame_distances(model, items, features[clip], groups, lower).items():
+                out[name][0].append(true)
+                out[name][1].append(rendered)
     return {name: (np.concatenate(t), np.concatenate(r)) for name, (t, r) in out.items()}
 
 
-def _add_frames(model: TalkingHead, items: list[dict], features: torch.Tensor, groups: dict[int, torch.Tensor],
-                lower: torch.Tensor, out: dict[str, tuple[list, list]]) -> None:
-    """Append the true and rendered distances of these frames (one forward pass) to ``out``."""
+def frame_distances(model: TalkingHead, items: list[dict], features: torch.Tensor,
+                    groups: dict[int, torch.Tensor], lower: torch.Tensor) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per row: the true and rendered vertical distances in these frames (one forward pass)."""
     cond = items_conditioning(items, features)
     deformed = model(cond, size=64, with_maps=False)   # the offsets do not depend on the size; the render is unused
     moved = project(model.face.xyz + deformed.face.d_xyz, cond.viewmats, model.K)
     inside = project(model.mouth.xyz + deformed.mouth.d_xyz, cond.viewmats, model.K)[..., 1]
     truth = torch.stack([torch.as_tensor(it["landmarks"]) for it in items]).to(moved)
-    for name, (a, b) in PAIRS.items():
-        out[name][0].append((truth[:, b, 1] - truth[:, a, 1]).cpu().numpy())
-        out[name][1].append((moved[:, groups[b], 1].mean(1) - moved[:, groups[a], 1].mean(1)).cpu().numpy())
-    out[INSIDE][0].append((truth[:, INNER_GAP[1], 1] - truth[:, INNER_GAP[0], 1]).cpu().numpy())
-    out[INSIDE][1].append((inside[:, lower].mean(1) - inside[:, ~lower].mean(1)).cpu().numpy())
+    rows = {name: (truth[:, b, 1] - truth[:, a, 1], moved[:, groups[b], 1].mean(1) - moved[:, groups[a], 1].mean(1))
+            for name, (a, b) in PAIRS.items()}
+    rows[INSIDE] = (truth[:, INNER_GAP[1], 1] - truth[:, INNER_GAP[0], 1],
+                    inside[:, lower].mean(1) - inside[:, ~lower].mean(1))
+    return {name: (true.cpu().numpy(), rendered.cpu().numpy()) for name, (true, rendered) in rows.items()}
 
 
 def view_features(model: TalkingHead, data: SubjectDataset, clip_audio: list[torch.Tensor]
